@@ -1,0 +1,115 @@
+"""Shared I/O for every stage: params, atomic and deterministic outputs, clear errors.
+
+Stages write through these helpers so that (a) a killed stage never leaves a file
+that looks finished, and (b) the same inputs give byte-identical Parquet, which is
+what lets DVC's run-cache and shared remotes hit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+log = logging.getLogger("pipeline")
+
+PARAMS_FILE = "params.yaml"
+
+
+class InputError(Exception):
+    """Bad input a user can fix: reported as one line ``file:line: problem``."""
+
+    def __init__(self, path: str | os.PathLike, message: str, line: int | None = None):
+        self.path = str(path)
+        self.line = line
+        self.message = message
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+def load_params(section: str | None = None, path: str | os.PathLike = PARAMS_FILE) -> dict:
+    """Read ``params.yaml`` (or one top-level section of it)."""
+    with open(path, encoding="utf-8") as f:
+        params = yaml.safe_load(f) or {}
+    if section is None:
+        return params
+    if section not in params:
+        raise InputError(path, f"missing section {section!r}")
+    return params[section]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; move it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_parquet(table: pa.Table | Any, path: str | os.PathLike) -> Path:
+    """Write a table atomically with settings that make the bytes deterministic."""
+    if not isinstance(table, pa.Table):  # a pandas DataFrame
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+    log.info("wrote %s (%d rows)", path, table.num_rows)
+    return Path(path)
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    if not Path(path).exists():
+        raise InputError(path, "file not found (did the upstream stage run?)")
+    return pq.read_table(path, columns=columns)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("wrote %s", path)
+    return Path(path)
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar on stderr that DVC streams; quiet when PIPELINE_NO_PROGRESS is set."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("mininterval", 1.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("disable", bool(os.environ.get("PIPELINE_NO_PROGRESS")))
+    return tqdm(iterable, **kwargs)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def run_stage(main: Callable[[], Any]) -> None:
+    """Entry point wrapper: logging on, InputError -> one clear line and exit code 2."""
+    setup_logging()
+    try:
+        main()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,81 @@
+"""Column layout of every Parquet artifact, in one place.
+
+Rows of every per-split artifact line up with ``data/prepared/<split>.parquet`` (same
+order, same ``example_id``), so stages can join by position and check by id.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SPLITS = ("train", "valid", "test")
+
+# Special tokens, shared by every model (vocabulary ids 0..len-1 in this order).
+PAD, UNK, BOS, EOS, KEY, EOT, SILENCE = "<pad>", "<unk>", "<s>", "</s>", "<KEY>", "<eot>", "__silence__"
+SPECIALS = (PAD, UNK, BOS, EOS, KEY, EOT, SILENCE)
+
+_str_list = pa.list_(pa.string())
+_f32_list = pa.list_(pa.float32())
+_i32_list = pa.list_(pa.int32())
+
+# data/prepared/<split>.parquet — one row per bot turn. Text is PEDNet-normalised and
+# space-tokenised (methods §1).
+PREPARED = pa.schema(
+    [
+        ("example_id", pa.string()),  # "<split>-<dialogue:05d>-<turn:02d>"
+        ("dialogue_id", pa.string()),  # "<split>-<dialogue:05d>"
+        ("turn", pa.int32()),  # 0-based index of the bot turn within its dialogue
+        ("persona", _str_list),  # the bot's own persona ("your persona:")
+        ("partner_persona", _str_list),  # "partner's persona:" (other/both variants)
+        ("history", _str_list),  # every earlier utterance, both speakers, oldest first
+        ("query", pa.string()),  # partner's last utterance X (SILENCE if the bot opens)
+        ("response", pa.string()),  # bot response Y
+        ("candidates", _str_list),  # ParlAI label candidates (empty for *_no_cands)
+    ]
+)
+
+# data/prepared/vocab.parquet — specials first, then by count desc, token asc.
+VOCAB = pa.schema([("token", pa.string()), ("count", pa.int64())])
+
+# data/embeddings/vectors.parquet — one row per vocabulary token, same order.
+EMBEDDINGS = pa.schema([("token", pa.string()), ("vector", _f32_list)])
+
+# data/pmi/<split>.parquet
+PMI = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("specific_words", _str_list),  # context words with PMI(wx, P) >= threshold, best first
+        ("specific_scores", _f32_list),
+        ("masked_query", pa.string()),  # X~: the query with specific words replaced by <KEY>
+    ]
+)
+
+# data/persona_labels/<split>.parquet
+PERSONA_LABELS = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("optimal_persona", pa.int32()),  # index into `persona`; null = None label
+        ("similarities", _f32_list),  # cosine(Y, p_i) for every persona sentence
+    ]
+)
+
+# data/congeneric/<split>.parquet — K_max most similar *training* X~ (self excluded).
+CONGENERIC = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("congeneric_rows", _i32_list),  # row positions in data/prepared/train.parquet
+        ("congeneric_scores", _f32_list),
+    ]
+)
+
+# data/groups/train.parquet — GCL candidate pools (methods §3). One BM25 retrieval of
+# training contexts gives candidate pairs (c', r'); the response side pairs (c, r'),
+# the context side pairs (c', r). Matching scores are filled by the `msn` issue.
+GROUPS = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("candidate_rows", _i32_list),  # row positions in train.parquet: top then bottom BM25
+        ("bm25_scores", _f32_list),
+        ("is_top", pa.list_(pa.bool_())),  # True for top-BM25 candidates, False for bottom
+    ]
+)
