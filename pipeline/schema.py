@@ -79,3 +79,18 @@ GROUPS = pa.schema(
         ("is_top", pa.list_(pa.bool_())),  # True for top-BM25 candidates, False for bottom
     ]
 )
+
+# reports/generations/<model>.parquet — one row per test turn, the same for every model.
+GENERATIONS = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("persona", _str_list),
+        ("context", pa.string()),  # the query the model answered
+        ("reference", pa.string()),
+        ("hypothesis", pa.string()),
+        ("selected_persona", pa.int32()),  # index into `persona`; null = no selection
+    ]
+)
+
+MODELS = ("seq2seq", "gpmn", "postks", "pednet")  # PEDNet Table 2
+GCL_MODELS = ("seq2seq_gcl", "pednet_gcl")  # GCL applied to a generator (issue 5)
