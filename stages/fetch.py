@@ -1,0 +1,26 @@
+"""Stage `fetch`: ParlAI's personachat.tgz (or a local copy) -> data/raw/*.txt."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.fetch import fetch
+from pipeline.io import atomic_dir, load_params, run_stage
+
+log = logging.getLogger(__name__)
+
+OUT = Path("data/raw")
+
+
+def main() -> None:
+    p = load_params("fetch")
+    log.info("fetch.source=%s", p["source"])
+    with atomic_dir(OUT) as tmp:
+        names = fetch(p, tmp, root=Path.cwd())
+    total = sum((OUT / n).stat().st_size for n in names)
+    log.info("wrote %s: %d files, %d bytes (%s)", OUT, len(names), total, ", ".join(names))
+
+
+if __name__ == "__main__":
+    run_stage(main)

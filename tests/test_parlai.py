@@ -1,0 +1,187 @@
+"""ParlAI Persona-Chat parser: the format's variants and hostile input files.
+
+Every hostile file either parses to the content asserted here or fails with one line
+``<file>:<line>: <problem>``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import parlai
+from pipeline.io import InputError
+from pipeline.schema import PREPARED, SILENCE
+from tests.corpus import write_corpus
+
+GOOD = (
+    "1 your persona: i'm a nurse.\n"
+    "2 your persona: i have a dog.\n"
+    "3 __SILENCE__\thi there ! how are you ?\n"
+    "4 good , and you ?\ti am great , i just walked my dog .\n"
+    "5 what kind of dog ?\ta big one\n"
+    "1 your persona: i like pizza.\n"
+    "2 hello\thi hi hi i can't talk long\n"
+)
+
+
+def write(tmp_path, data: str | bytes, name: str = "train_self_original_no_cands.txt"):
+    path = tmp_path / name
+    path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return path
+
+
+def parse(tmp_path, data, name: str = "train_self_original_no_cands.txt"):
+    return parlai.read_dialogues(write(tmp_path, data, name))
+
+
+def rows(tmp_path, data, name: str = "train_self_original_no_cands.txt"):
+    return parlai.examples(parse(tmp_path, data, name), "train").to_pylist()
+
+
+def fails(tmp_path, data, line: int | None, *words: str, name: str = "bad.txt") -> str:
+    """Parsing fails with one line naming the file, the line and the problem."""
+    path = write(tmp_path, data, name)
+    with pytest.raises(InputError) as e:
+        parlai.read_dialogues(path)
+    msg = str(e.value)
+    assert "\n" not in msg
+    where = f"{path}:{line}: " if line is not None else f"{path}: "
+    assert msg.startswith(where), msg
+    assert e.value.line == line
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+# --- well-formed files ----------------------------------------------------------------
+
+
+def test_good_file_rows(tmp_path):
+    r = rows(tmp_path, GOOD)
+    assert [x["example_id"] for x in r] == ["train-00000-00", "train-00000-01", "train-00000-02",
+                                            "train-00001-00"]
+    assert [x["turn"] for x in r] == [0, 1, 2, 0]
+    assert r[0]["persona"] == ["i am a nurse", "i have a dog"]  # contraction, period stripped
+    assert r[0]["query"] == SILENCE and r[0]["history"] == []
+    assert r[1]["history"] == ["hi there ! how are you ?"]  # silence never enters the history
+    assert r[2]["history"] == ["hi there ! how are you ?", "good , and you ?",
+                               "i am great , i just walked my dog ."]
+    assert r[2]["query"] == "what kind of dog ?" and r[2]["response"] == "a big one"
+    assert r[3]["persona"] == ["i like pizza"] and r[3]["history"] == []
+    assert r[3]["response"] == "hi i cant talk long"  # repeats collapsed, can't -> cant
+    assert all(x["candidates"] == [] and x["partner_persona"] == [] for x in r)
+
+
+def test_table_has_the_prepared_schema(tmp_path):
+    assert parlai.examples(parse(tmp_path, GOOD), "valid").schema.equals(PREPARED)
+
+
+def test_crlf_bom_and_no_trailing_newline_parse_the_same(tmp_path):
+    want = rows(tmp_path, GOOD)
+    assert rows(tmp_path, GOOD.replace("\n", "\r\n"), "crlf.txt") == want
+    assert rows(tmp_path, b"\xef\xbb\xbf" + GOOD.encode(), "bom.txt") == want
+    assert rows(tmp_path, GOOD.rstrip("\n"), "no_newline.txt") == want
+    assert rows(tmp_path, GOOD.replace("1 your persona: i like", "\n\n1 your persona: i like") + "\n\n",
+                "blank_lines.txt") == want
+
+
+def test_with_candidates(tmp_path):
+    data = ("1 your persona: i like cats.\n"
+            "2 hi\thello there\t\tnice day|hello there|i like dogs\n"
+            "3 cats ?\tyes cats\t\t|\n")
+    r = rows(tmp_path, data, "train_self_original.txt")
+    assert r[0]["candidates"] == ["nice day", "hello there", "i like dogs"]
+    assert r[0]["response"] == "hello there"
+    assert r[1]["candidates"] == ["", ""]
+
+
+def test_with_candidates_and_empty_candidate_field(tmp_path):
+    r = rows(tmp_path, "1 hi\thello\t\t\n")
+    assert r[0]["candidates"] == [] and r[0]["persona"] == []
+
+
+def test_other_and_both_variants(tmp_path):
+    other = "1 partner's persona: i am a chef.\n2 hi\thello\n"
+    r = rows(tmp_path, other, "train_other_original_no_cands.txt")
+    assert r[0]["persona"] == [] and r[0]["partner_persona"] == ["i am a chef"]
+    both = ("1 your persona: i fish.\n2 your persona: i run.\n"
+            "3 partner's persona: i am a chef.\n4 hi\thello\n")
+    r = rows(tmp_path, both, "train_both_revised_no_cands.txt")
+    assert r[0]["persona"] == ["i fish", "i run"] and r[0]["partner_persona"] == ["i am a chef"]
+
+
+def test_none_variant_has_no_persona(tmp_path):
+    r = rows(tmp_path, "1 hi\thello\n2 how are you ?\tfine\n", "train_none_original_no_cands.txt")
+    assert [x["persona"] for x in r] == [[], []] and r[1]["history"] == ["hi", "hello"]
+
+
+def test_huge_line_parses(tmp_path):
+    huge = " ".join(f"w{i}" for i in range(200_000))  # ~1.4 MB on one line
+    r = rows(tmp_path, f"1 your persona: i talk a lot.\n2 {huge}\tok then\n")
+    assert len(r[0]["query"].split()) == 200_000 and r[0]["response"] == "ok then"
+
+
+def test_persona_period_only_sentence_is_left_out(tmp_path):
+    r = rows(tmp_path, "1 your persona: .\n2 your persona: i swim.\n3 hi\thello\n")
+    assert r[0]["persona"] == ["i swim"]
+
+
+def test_generated_corpus_turn_counts(tmp_path):
+    write_corpus(tmp_path, sizes=(5, 2, 2), seed=3)
+    text = (tmp_path / "train_self_original_no_cands.txt").read_text()
+    dialogues = parlai.read_dialogues(tmp_path / "train_self_original_no_cands.txt")
+    assert len(dialogues) == 5
+    assert sum(len(d.turns) for d in dialogues) == text.count("\t")
+    assert all(4 <= len(d.persona) <= 5 for d in dialogues)
+
+
+def test_file_name():
+    assert parlai.file_name("train", "self", "original", False) == "train_self_original_no_cands.txt"
+    assert parlai.file_name("valid", "both", "revised", True) == "valid_both_revised.txt"
+
+
+def test_short_response_mask(tmp_path):
+    table = parlai.examples(parse(tmp_path, "1 a\thi hi hi\n2 b\thi there\n3 c\t.\n"), "train")
+    assert parlai.short_response_mask(table, 2) == [True, False, True]
+    assert parlai.short_response_mask(table, 0) == [False, False, False]
+
+
+# --- hostile files that must fail with file and line ---------------------------------------
+
+
+# (id, file content, line named in the error or None, words the message must contain)
+HOSTILE = [
+    ("non-utf8", GOOD.encode().replace(b"a big one", b"a big \xff\xfe one"), 5, ["not UTF-8", r"\xff"]),
+    ("latin1", "1 your persona: i like caf\u00e9s.\n2 hi\thello\n".encode("latin-1"), 1, ["not UTF-8"]),
+    ("empty", b"", None, ["empty file"]),
+    ("whitespace-only", "\n\r\n  \n", None, ["empty file"]),
+    ("bom-only", b"\xef\xbb\xbf", None, ["empty file"]),
+    ("missing-tab", GOOD.replace("what kind of dog ?\ta big one", "what kind of dog ? a big one"), 5,
+     ["missing tab", "what kind of dog"]),
+    ("no-number", GOOD.replace("4 good , and you ?", "good , and you ?"), 4, ["expected '<number> <text>'"]),
+    ("number-only", "1 your persona: x.\n2\n", 2, ["expected '<number> <text>'"]),
+    ("numbering-skip", GOOD.replace("5 what kind", "6 what kind"), 5, ["broken numbering", "expected 1 or 5"]),
+    ("numbering-start", "2 hi\thello\n", 1, ["broken numbering", "expected 1"]),
+    ("persona-after-dialogue", GOOD.replace("5 what kind of dog ?\ta big one", "5 your persona: i am late."), 5,
+     ["persona line after", "starts at line 1"]),
+    ("empty-persona", GOOD.replace("your persona: i have a dog.", "your persona:   "), 2, ["empty persona"]),
+    ("empty-response", GOOD.replace("\ta big one", "\t "), 5, ["empty response"]),
+    ("empty-query", GOOD.replace("5 what kind of dog ?\t", "5 \t"), 5, ["empty partner utterance"]),
+    ("three-fields", GOOD.replace("\ta big one", "\ta big one\t"), 5, ["3 tab-separated fields"]),
+    ("five-fields", GOOD.replace("\ta big one", "\ta\tb\tc\td"), 5, ["5 tab-separated fields"]),
+    ("unknown-persona-prefix", GOOD.replace("2 your persona:", "2 their persona:"), 2,
+     ["unknown persona prefix", "their persona:"]),
+    ("persona-only-dialogue", "1 your persona: i swim.\n1 your persona: i run.\n2 hi\thello\n", 1,
+     ["no utterances"]),
+    ("cr-only-line-endings", GOOD.replace("\n", "\r"), 1, ["carriage return"]),
+]
+
+
+@pytest.mark.parametrize("data,line,words", [pytest.param(*h[1:], id=h[0]) for h in HOSTILE])
+def test_hostile_file_fails_with_file_and_line(tmp_path, data, line, words):
+    fails(tmp_path, data, line, *words)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        parlai.read_dialogues(tmp_path / "nope.txt")
