@@ -1,0 +1,61 @@
+"""The papers' published numbers (methods §2, §3), kept as data, exactly as printed.
+
+THESE ARE THE PAPERS' NUMBERS, measured on the full Persona-Chat, not this project's.
+Values are the printed strings, in the unit of each paper's table: PEDNet prints
+fractions, GCL prints percent (entropies in bits). ``paper_fraction`` converts to the
+unit of reports/metrics/*.json.
+"""
+
+from __future__ import annotations
+
+PEDNET_SOURCE = (
+    "PEDNet (COLING 2020) Table 2: full Persona-Chat, ParlAI self_original, single-turn test examples (7,512)"
+)
+GCL_SOURCE = (
+    "GCL (Findings of EMNLP 2020) Table 2(a): full Persona-Chat, multi-turn contexts of both "
+    "speakers (140,248 context-response pairs in all splits); embedding metrics with GloVe"
+)
+
+# PEDNet Table 2; PEDNet at K = 15 (its best).
+PEDNET_TABLE2: dict[str, dict[str, str]] = {
+    "seq2seq": {"distinct_1": "0.018", "distinct_2": "0.064", "persona_recall": "0.048",
+                "persona_precision": "0.030", "persona_f1": "0.037", "persona_coverage": "0.016"},
+    "gpmn": {"distinct_1": "0.028", "distinct_2": "0.160", "persona_recall": "0.082",
+             "persona_precision": "0.048", "persona_f1": "0.060", "persona_coverage": "0.034"},
+    "postks": {"distinct_1": "0.031", "distinct_2": "0.174", "persona_recall": "0.111",
+               "persona_precision": "0.068", "persona_f1": "0.084", "persona_coverage": "0.037"},
+    "pednet": {"distinct_1": "0.031", "distinct_2": "0.173", "persona_recall": "0.143",
+               "persona_precision": "0.088", "persona_f1": "0.109", "persona_coverage": "0.045"},
+}  # fmt: skip
+PEDNET_UNIT = "fraction"
+
+# GCL Table 2(a), Persona-Chat, in percent (entropy_1/2 in bits).
+GCL_TABLE2A: dict[str, dict[str, str]] = {
+    "seq2seq": {"bleu_1": "12.04", "bleu_2": "3.995", "bleu_3": "0.882", "bleu_4": "0.231",
+                "distinct_1": "0.431", "distinct_2": "2.045", "distinct_3": "4.303",
+                "emb_average": "36.33", "emb_extrema": "28.66", "emb_greedy": "63.64", "coherence": "41.66",
+                "entropy_1": "6.891", "entropy_2": "10.81"},
+    "seq2seq_gcl": {"bleu_1": "13.66", "bleu_2": "4.916", "bleu_3": "1.597", "bleu_4": "0.612",
+                    "distinct_1": "0.849", "distinct_2": "5.093", "distinct_3": "12.00",
+                    "emb_average": "39.76", "emb_extrema": "31.74", "emb_greedy": "64.76", "coherence": "49.39",
+                    "entropy_1": "7.016", "entropy_2": "10.90"},
+    "transformer": {"bleu_1": "11.46", "bleu_2": "3.208", "bleu_3": "0.539", "bleu_4": "0.148",
+                    "distinct_1": "0.481", "distinct_2": "2.544", "distinct_3": "6.146",
+                    "emb_average": "35.72", "emb_extrema": "27.38", "emb_greedy": "63.61", "coherence": "38.02",
+                    "entropy_1": "6.804", "entropy_2": "10.55"},
+    "transformer_gcl": {"bleu_1": "12.66", "bleu_2": "3.892", "bleu_3": "0.841", "bleu_4": "0.258",
+                        "distinct_1": "0.786", "distinct_2": "4.562", "distinct_3": "10.95",
+                        "emb_average": "37.42", "emb_extrema": "28.95", "emb_greedy": "64.02", "coherence": "41.96",
+                        "entropy_1": "6.918", "entropy_2": "10.80"},
+}  # fmt: skip
+GCL_UNIT = "percent"
+BITS = ("entropy_1", "entropy_2")  # not percentages, in either table
+
+
+def paper_fraction(table: dict[str, dict[str, str]], model: str, key: str) -> float | None:
+    """A paper value in the unit of reports/metrics (fractions; entropies in bits)."""
+    value = table.get(model, {}).get(key)
+    if value is None:
+        return None
+    scale = 100.0 if table is GCL_TABLE2A and key not in BITS else 1.0
+    return float(value) / scale
