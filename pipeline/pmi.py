@@ -7,14 +7,27 @@ persona sentences), statistics count *examples*:
     PMI(wp, wx) = ln P(wp | wx) / P(wp)
     PMI(wx, P)  = sum over wp in W_p of PMI(wp, wx)
 
-A pair never seen together in training contributes 0 to the sum (its PMI is -inf, which
-would make the sum meaningless); this only matters for valid/test, since in training the
-example itself makes every one of its own pairs seen. Context words kept: PMI(wx, P) >=
-threshold, at most ``max_words``, highest first, ties by word.
+A pair never seen together in the statistics contributes 0 to the sum (its PMI is -inf,
+which would make the sum meaningless). Context words kept: PMI(wx, P) >= threshold, at most
+``max_words``, highest first, ties by word.
+
+Statistics for a training example (``statistics``):
+
+- ``all``: every training example, the example's own dialogue included. Every turn of a
+  dialogue shares one persona, so a context word seen only in that dialogue gets
+  P(wp | wx) = 1 for each of the persona's rare words, and the example itself makes every
+  one of its pairs seen: training scores come out far higher than valid/test ones.
+- ``leave_dialogue_out``: every training example *except those of its own dialogue*
+  (N, #wx, #wp and #(wx, wp) each minus that dialogue's share), so a training example is
+  scored as a valid/test one is, from dialogues it is not part of; a context word whose
+  remaining count is below ``min_count`` is skipped.
+
+Valid/test examples are scored from all training examples either way.
 
 Everything is counted with sparse incidence matrices (examples x words): the co-occurrence
 counts are X^T P, and an example's scores are looked up pair by pair with ``searchsorted``
-on the co-occurrence keys, so the cost is the number of (wx, wp) pairs in the examples.
+on sorted integer keys (the dialogue shares too), so the cost is the number of (wx, wp)
+pairs in the examples.
 """
 
 from __future__ import annotations
@@ -61,6 +74,46 @@ def incidence(word_sets: list[set[str]], index: dict[str, int]) -> sp.csr_matrix
     return sp.csr_matrix((data, indices, indptr), shape=(len(ids), len(index)))
 
 
+# What a *training* example's statistics leave out: its own dialogue, or every dialogue
+# that shares its persona (the full corpus has ~8 dialogues per persona), or nothing.
+STATISTICS = ("leave_persona_out", "leave_dialogue_out", "all")
+
+
+def left_out_groups(statistics: str, dialogue_ids: list[str], personas: list[list[str]]) -> list[str] | None:
+    """Group ids whose counts a training example must not see (None for ``all``)."""
+    if statistics == "leave_dialogue_out":
+        return list(dialogue_ids)
+    if statistics == "leave_persona_out":
+        return ["\n".join(sorted(p)) for p in personas]
+    return None
+
+
+@dataclass
+class DialogueCounts:
+    """Each training dialogue's own share of the counts, to leave it out of its examples' PMI.
+
+    Keys put the dialogue first, so one ``searchsorted`` finds a (dialogue, word) count:
+    dialogue * |V| + word, and dialogue * |Vx| * |Vp| + the pair key of ``PMIStats.keys``.
+    """
+
+    dialogues: np.ndarray  # sorted dialogue ids; a dialogue's number is its position
+    num_examples: np.ndarray  # examples per dialogue, then a 0 for "no training dialogue"
+    context_keys: np.ndarray
+    context_counts: np.ndarray
+    persona_keys: np.ndarray
+    persona_counts: np.ndarray
+    pair_keys: np.ndarray
+    pair_counts: np.ndarray
+
+    def numbers(self, dialogue_ids: list[str]) -> np.ndarray:
+        """Dialogue numbers; len(dialogues) (nothing to leave out) for an unknown dialogue."""
+        ids = np.asarray(dialogue_ids, dtype=str)
+        if len(self.dialogues) == 0:
+            return np.zeros(len(ids), dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.dialogues, ids), len(self.dialogues) - 1)
+        return np.where(self.dialogues[pos] == ids, pos, len(self.dialogues)).astype(np.int64)
+
+
 @dataclass
 class PMIStats:
     """Training statistics: context and persona vocabularies (sorted) and the PMI table."""
@@ -68,9 +121,12 @@ class PMIStats:
     context_vocab: list[str]  # sorted, so index order is the tie-break order
     persona_vocab: list[str]
     context_count: np.ndarray  # #training examples whose X contains wx
+    persona_count: np.ndarray  # #training examples whose P contains wp
     keys: np.ndarray  # sorted int64 keys wx_id * |persona_vocab| + wp_id of seen pairs
+    pair_count: np.ndarray  # #(wx in X and wp in P) for each key
     pmi: np.ndarray  # PMI(wp, wx) for each key
     num_examples: int
+    dialogue_counts: DialogueCounts | None = None  # only when fit with dialogue ids
 
     @property
     def context_index(self) -> dict[str, int]:
@@ -89,8 +145,63 @@ def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarr
     return np.where(keys[pos] == query, values[pos], 0.0)
 
 
-def fit(queries: list[str], personas: list[list[str]]) -> PMIStats:
-    """Count co-occurrences over the training examples."""
+def _pairs(X: sp.csr_matrix, P: sp.csr_matrix):
+    """Every (context word, persona word) pair of every example (row) of X and P.
+
+    Returns (ex, wx) with one entry per (example, context word), and (entry, wp) with one
+    per pair: the entry it belongs to and its persona word.
+    """
+    ex = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    wx = X.indices.astype(np.int64)
+    n_p = np.diff(P.indptr)[ex]
+    entry = np.repeat(np.arange(len(ex)), n_p)
+    first = np.repeat(np.cumsum(n_p) - n_p, n_p)
+    wp = P.indices[P.indptr[ex[entry]] + (np.arange(len(entry)) - first)].astype(np.int64)
+    return ex, wx, entry, wp
+
+
+def _keyed(counts: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(row * n_cols + col, value) of the stored entries, sorted by key."""
+    counts = counts.tocsr()
+    counts.sort_indices()
+    rows = np.repeat(np.arange(counts.shape[0], dtype=np.int64), np.diff(counts.indptr))
+    return rows * counts.shape[1] + counts.indices.astype(np.int64), counts.data
+
+
+def _dialogue_counts(dialogue_ids: list[str], X: sp.csr_matrix, P: sp.csr_matrix) -> DialogueCounts:
+    dialogues, d = np.unique(np.asarray(dialogue_ids, dtype=str), return_inverse=True)
+    d = d.astype(np.int64).ravel()
+    nd, n = len(dialogues), X.shape[0]
+    D = sp.csr_matrix((np.ones(n), (d, np.arange(n))), shape=(nd, n))  # dialogue x example
+    context_keys, context_counts = _keyed(D @ X)
+    persona_keys, persona_counts = _keyed(D @ P)
+    vx, vp = X.shape[1], P.shape[1]
+    if nd * vx * vp >= np.iinfo(np.int64).max:
+        raise ValueError(f"PMI pair keys overflow int64: {nd} dialogues x {vx} x {vp} words")
+    # (dialogue, wx, wp) of every pair of every example, counted: co-occurrences per dialogue
+    keys = []
+    for start in range(0, n, _CHUNK):
+        ex, wx, entry, wp = _pairs(X[start : start + _CHUNK], P[start : start + _CHUNK])
+        keys.append((d[start + ex[entry]] * vx + wx[entry]) * vp + wp)
+    pair_keys, pair_counts = np.unique(np.concatenate(keys) if keys else np.zeros(0, np.int64), return_counts=True)
+    return DialogueCounts(
+        dialogues,
+        np.append(np.bincount(d, minlength=nd), 0),
+        context_keys,
+        context_counts,
+        persona_keys,
+        persona_counts,
+        pair_keys,
+        pair_counts.astype(np.float64),
+    )
+
+
+def fit(queries: list[str], personas: list[list[str]], dialogue_ids: list[str] | None = None) -> PMIStats:
+    """Count co-occurrences over the training examples.
+
+    With ``dialogue_ids`` (one per example), also keep each dialogue's share of the counts,
+    so that ``score`` can leave a training example's own dialogue out.
+    """
     xs = [context_words(q) for q in queries]
     ps = [persona_words(p) for p in personas]
     context_vocab = sorted(set().union(*xs)) if xs else []
@@ -100,22 +211,57 @@ def fit(queries: list[str], personas: list[list[str]]) -> PMIStats:
     n = X.shape[0]
     cx = np.asarray(X.sum(axis=0)).ravel()
     cp = np.asarray(P.sum(axis=0)).ravel()
-    co = (X.T @ P).tocsr()  # co[x, p] = #examples with wx in X and wp in P
-    co.sort_indices()
-    rows = np.repeat(np.arange(co.shape[0], dtype=np.int64), np.diff(co.indptr))
-    cols = co.indices.astype(np.int64)
+    # co[x, p] = #examples with wx in X and wp in P; row-major with sorted indices: keys sorted
+    keys, co = _keyed(X.T @ P)
+    rows, cols = keys // max(len(persona_vocab), 1), keys % max(len(persona_vocab), 1)
     # ln( (co / cx) / (cp / N) )
-    pmi = np.log(co.data * n / (cx[rows] * cp[cols]))
-    keys = rows * len(persona_vocab) + cols  # row-major with sorted indices: already sorted
-    return PMIStats(context_vocab, persona_vocab, cx, keys, pmi, n)
+    pmi = np.log(co * n / (cx[rows] * cp[cols]))
+    dialogue_counts = None
+    if dialogue_ids is not None:
+        if len(dialogue_ids) != n:
+            raise ValueError(f"{len(dialogue_ids)} dialogue ids for {n} examples")
+        dialogue_counts = _dialogue_counts(dialogue_ids, X, P)
+    return PMIStats(context_vocab, persona_vocab, cx, cp, keys, co, pmi, n, dialogue_counts)
 
 
-def score(stats: PMIStats, queries: list[str], personas: list[list[str]], min_count: int):
+def _pair_pmi_leaving_out(stats: PMIStats, d: np.ndarray, wx: np.ndarray, wp: np.ndarray, entry: np.ndarray):
+    """PMI(wp, wx) of each pair and #wx of each entry from the training examples outside
+    dialogue ``d`` (one per entry); 0 for a pair that never co-occurs there."""
+    dc = stats.dialogue_counts
+    vx, vp = len(stats.context_vocab), len(stats.persona_vocab)
+    n = stats.num_examples - dc.num_examples[d]
+    cx = stats.context_count[wx] - _lookup(dc.context_keys, dc.context_counts, d * vx + wx)
+    de = d[entry]
+    key = wx[entry] * vp + wp
+    cp = stats.persona_count[wp] - _lookup(dc.persona_keys, dc.persona_counts, de * vp + wp)
+    co = _lookup(stats.keys, stats.pair_count, key) - _lookup(dc.pair_keys, dc.pair_counts, de * (vx * vp) + key)
+    seen = co > 0  # then #wx, #wp and N left are all > 0 too
+    pmi = np.zeros(len(key))
+    pmi[seen] = np.log(co[seen] * n[entry][seen] / (cx[entry][seen] * cp[seen]))
+    return pmi, cx
+
+
+def score(
+    stats: PMIStats,
+    queries: list[str],
+    personas: list[list[str]],
+    min_count: int,
+    dialogue_ids: list[str] | None = None,
+):
     """PMI(wx, P) of every kept context word of every example.
 
-    Returns parallel arrays (example row, context word id, score) sorted by example, then
-    score descending, then word.
+    ``dialogue_ids`` (training examples only, needs ``fit`` with dialogue ids): leave each
+    example's own dialogue out of the statistics; a context word seen fewer than
+    ``min_count`` times in the other dialogues is skipped. Returns parallel arrays
+    (example row, context word id, score) sorted by example, then score descending, then word.
     """
+    leave_out = dialogue_ids is not None
+    if leave_out:
+        if stats.dialogue_counts is None:
+            raise ValueError("leaving dialogues out needs statistics fit with dialogue ids")
+        if len(dialogue_ids) != len(queries):
+            raise ValueError(f"{len(dialogue_ids)} dialogue ids for {len(queries)} examples")
+        dialogue = stats.dialogue_counts.numbers(dialogue_ids)
     keep = stats.context_count >= min_count
     cindex = {w: i for i, w in enumerate(stats.context_vocab) if keep[i]}
     X = incidence([context_words(q) for q in queries], cindex)
@@ -123,19 +269,17 @@ def score(stats: PMIStats, queries: list[str], personas: list[list[str]], min_co
     vp = len(stats.persona_vocab)
     out_rows, out_words, out_scores = [], [], []
     for start in range(0, X.shape[0], _CHUNK):
-        Xc, Pc = X[start : start + _CHUNK], P[start : start + _CHUNK]
-        # One entry per (example, context word); repeat it once per persona word of the example.
-        ex = np.repeat(np.arange(Xc.shape[0]), np.diff(Xc.indptr))
-        wx = Xc.indices.astype(np.int64)
-        n_p = np.diff(Pc.indptr)[ex]
-        entry = np.repeat(np.arange(len(ex)), n_p)
-        first = np.repeat(np.cumsum(n_p) - n_p, n_p)
-        wp = Pc.indices[Pc.indptr[ex[entry]] + (np.arange(len(entry)) - first)].astype(np.int64)
-        key = wx[entry] * vp + wp
-        total = np.bincount(entry, weights=_lookup(stats.keys, stats.pmi, key), minlength=len(ex))
-        out_rows.append(ex + start)
-        out_words.append(wx)
-        out_scores.append(total)
+        ex, wx, entry, wp = _pairs(X[start : start + _CHUNK], P[start : start + _CHUNK])
+        if leave_out:
+            pair_pmi, cx = _pair_pmi_leaving_out(stats, dialogue[start + ex], wx, wp, entry)
+            enough = cx >= min_count
+        else:
+            pair_pmi = _lookup(stats.keys, stats.pmi, wx[entry] * vp + wp)
+            enough = np.ones(len(ex), dtype=bool)
+        total = np.bincount(entry, weights=pair_pmi, minlength=len(ex))
+        out_rows.append(ex[enough] + start)
+        out_words.append(wx[enough])
+        out_scores.append(total[enough])
     rows = np.concatenate(out_rows) if out_rows else np.zeros(0, np.int64)
     words = np.concatenate(out_words) if out_words else np.zeros(0, np.int64)
     scores = np.concatenate(out_scores) if out_scores else np.zeros(0)
@@ -150,9 +294,13 @@ def specific_words(
     threshold: float,
     max_words: int,
     min_count: int,
+    dialogue_ids: list[str] | None = None,
 ) -> tuple[list[list[str]], list[list[float]]]:
-    """Per example: context words with PMI(wx, P) >= threshold, at most ``max_words``, best first."""
-    rows, words, scores = score(stats, queries, personas, min_count)
+    """Per example: context words with PMI(wx, P) >= threshold, at most ``max_words``, best first.
+
+    ``dialogue_ids``: as in ``score`` (leave each training example's dialogue out).
+    """
+    rows, words, scores = score(stats, queries, personas, min_count, dialogue_ids)
     passed = scores >= threshold
     rows, words, scores = rows[passed], words[passed], scores[passed]
     # rank within the example: position minus the example's first position (rows are sorted)

@@ -101,3 +101,124 @@ def test_stage_missing_input_is_an_input_error(tmp_path, monkeypatch):
 
     with pytest.raises(InputError, match="train.parquet"):
         _run_stage(tmp_path, monkeypatch)
+
+
+# Leave-dialogue-out: seven training examples in four dialogues (every turn of a dialogue
+# shares its persona, as in Persona-Chat).
+LDO_Q = ["dogs pizza", "dogs", "dogs", "pizza", "guitar", "pizza guitar", "pizza"]
+LDO_P = [["dog"], ["dog"], ["dog", "park"], ["dog", "park"], ["band"], ["band"], ["park"]]
+LDO_D = ["d0", "d0", "d1", "d1", "d2", "d2", "d3"]
+
+
+def _scores(stats, queries, personas, min_count, dialogue_ids=None):
+    rows, words, scores = pmi.score(stats, queries, personas, min_count, dialogue_ids)
+    return {(int(r), stats.context_vocab[w]): s for r, w, s in zip(rows, words, scores, strict=True)}
+
+
+def test_leave_dialogue_out_matches_hand_computation():
+    stats = pmi.fit(LDO_Q, LDO_P, LDO_D)
+    got = _scores(stats, LDO_Q, LDO_P, min_count=1, dialogue_ids=LDO_D)
+    # All 7: cx dogs 3, pizza 4, guitar 2; cp dog 4, park 3, band 2;
+    # co dogs-dog 3, dogs-park 1, pizza-dog 2, pizza-park 2, pizza-band 1, guitar-band 2.
+    # Example 0 without d0 (examples 0, 1): N 5, cx dogs 1, pizza 3; cp dog 2; co dogs-dog 1, pizza-dog 1
+    #   dogs: ln((1/1) / (2/5)) = ln 2.5;  pizza: ln((1/3) / (2/5)) = ln(5/6)
+    assert got[(0, "dogs")] == pytest.approx(math.log(5 / 2))
+    assert got[(0, "pizza")] == pytest.approx(math.log(5 / 6))
+    assert got[(1, "dogs")] == pytest.approx(math.log(5 / 2))
+    # Example 2 without d1 (examples 2, 3): N 5, cx dogs 2; cp dog 2, park 0; co dogs-dog 2, dogs-park 0
+    #   dogs: ln((2/2) / (2/5)) + 0 (park never left with dogs) = ln 2.5
+    assert got[(2, "dogs")] == pytest.approx(math.log(5 / 2))
+    # Example 3 without d1: cx pizza 3 (examples 0, 5, 6); cp dog 2, park 1; co pizza-dog 1, pizza-park 1
+    #   pizza: ln((1/3) / (2/5)) + ln((1/3) / (1/5)) = ln(5/6) + ln(5/3)
+    assert got[(3, "pizza")] == pytest.approx(math.log(5 / 6) + math.log(5 / 3))
+    # Example 5 without d2 (examples 4, 5): pizza-band 0 -> 0; guitar: cx 0 < min_count -> skipped
+    assert got[(5, "pizza")] == 0.0
+    # Example 6 without d3 (example 6): N 6, cx pizza 3; cp park 2; co pizza-park 1: ln((1/3) / (2/6)) = 0
+    assert got[(6, "pizza")] == pytest.approx(0.0)
+    assert set(got) == {(0, "dogs"), (0, "pizza"), (1, "dogs"), (2, "dogs"), (3, "pizza"), (5, "pizza"), (6, "pizza")}
+
+
+def test_leave_dialogue_out_min_count_uses_the_remaining_count():
+    stats = pmi.fit(LDO_Q, LDO_P, LDO_D)
+    got = _scores(stats, LDO_Q, LDO_P, min_count=2, dialogue_ids=LDO_D)
+    # dogs is left 1 time for d0 (skipped) but 2 times for d1 (kept); guitar 0 times for d2
+    assert set(got) == {(0, "pizza"), (2, "dogs"), (3, "pizza"), (5, "pizza"), (6, "pizza")}
+    words, scores = pmi.specific_words(stats, LDO_Q, LDO_P, 0.5, 5, 2, LDO_D)
+    assert words == [[], [], ["dogs"], [], [], [], []]  # ln 2.5 = 0.92; ln(25/18) = 0.33
+    assert scores[2] == pytest.approx([math.log(5 / 2)])
+
+
+def test_all_statistics_and_held_out_examples_ignore_dialogues():
+    with_ids, without = pmi.fit(LDO_Q, LDO_P, LDO_D), pmi.fit(LDO_Q, LDO_P)
+    old = _scores(without, LDO_Q, LDO_P, min_count=1)
+    assert _scores(with_ids, LDO_Q, LDO_P, min_count=1) == old
+    # all: example 0, dogs: ln((3/3) / (4/7)); pizza: ln((2/4) / (4/7))
+    assert old[(0, "dogs")] == pytest.approx(math.log(7 / 4))
+    assert old[(0, "pizza")] == pytest.approx(math.log(7 / 8))
+    # a dialogue not in the statistics (valid/test) has nothing to leave out
+    assert _scores(with_ids, LDO_Q, LDO_P, min_count=1, dialogue_ids=["x"] * len(LDO_Q)) == pytest.approx(old)
+
+
+def test_leave_dialogue_out_needs_dialogue_statistics():
+    with pytest.raises(ValueError, match="dialogue ids"):
+        pmi.score(pmi.fit(LDO_Q, LDO_P), LDO_Q, LDO_P, 1, LDO_D)
+    with pytest.raises(ValueError, match="6 dialogue ids for 7"):
+        pmi.fit(LDO_Q, LDO_P, LDO_D[:-1])
+
+
+def _brute_force(queries, personas, dialogues, min_count, leave_out):
+    """PMI(wx, P) of every example, counted example by example in plain Python."""
+    xs = [pmi.context_words(q) for q in queries]
+    ps = [pmi.persona_words(p) for p in personas]
+    total_cx = {w: sum(w in x for x in xs) for w in set().union(*xs)}
+    out = {}
+    for e, (x, p) in enumerate(zip(xs, ps, strict=True)):
+        others = [i for i in range(len(xs)) if not (leave_out and dialogues[i] == dialogues[e])]
+        n = len(others)
+        for wx in x:
+            cx = sum(wx in xs[i] for i in others)
+            if total_cx[wx] < min_count or cx < min_count:
+                continue
+            s = 0.0
+            for wp in p:
+                co = sum(wx in xs[i] and wp in ps[i] for i in others)
+                if co:
+                    s += math.log((co / cx) / (sum(wp in ps[i] for i in others) / n))
+            out[(e, wx)] = s
+    return out
+
+
+@pytest.mark.parametrize("leave_out", [False, True])
+def test_vectorised_scores_match_brute_force_on_generated_dialogues(tmp_path, leave_out):
+    train = read_parquet(write_prepared(tmp_path) / "data/prepared/train.parquet").to_pydict()
+    q, p, d = train["query"], train["persona"], train["dialogue_id"]
+    stats = pmi.fit(q, p, d)
+    got = _scores(stats, q, p, min_count=2, dialogue_ids=d if leave_out else None)
+    want = _brute_force(q, p, d, min_count=2, leave_out=leave_out)
+    assert len(want) > 50 and got.keys() == want.keys()
+    assert got == pytest.approx(want)
+
+
+def test_stage_statistics_change_training_examples_only(tmp_path, monkeypatch):
+    write_prepared(tmp_path)
+    left_out = _run_stage(tmp_path, monkeypatch, threshold=1.0, min_count=2, statistics="leave_dialogue_out")
+    everything = _run_stage(tmp_path, monkeypatch, threshold=1.0, min_count=2, statistics="all")
+    assert left_out["valid"] == everything["valid"] and left_out["test"] == everything["test"]
+    assert left_out["train"] != everything["train"]
+
+
+def test_stage_unknown_statistics_is_an_input_error(tmp_path, monkeypatch):
+    from pipeline.io import InputError
+
+    write_prepared(tmp_path)
+    with pytest.raises(InputError, match="pmi.statistics='none'"):
+        _run_stage(tmp_path, monkeypatch, statistics="none")
+
+
+def test_leave_persona_out_groups_dialogues_that_share_a_persona():
+    dialogue_ids = ["d0", "d0", "d1", "d2"]
+    personas = [["i like cats", "i swim"], ["i like cats", "i swim"], ["i swim", "i like cats"], ["i ski"]]
+    groups = pmi.left_out_groups("leave_persona_out", dialogue_ids, personas)
+    assert groups[0] == groups[1] == groups[2] != groups[3]  # d1 has d0's persona, reordered
+    assert pmi.left_out_groups("leave_dialogue_out", dialogue_ids, personas) == dialogue_ids
+    assert pmi.left_out_groups("all", dialogue_ids, personas) is None
