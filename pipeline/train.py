@@ -1,0 +1,501 @@
+"""One training loop for every generator (and for the contrastive objective of issue 5).
+
+Adam, gradient-norm clipping, ReduceLROnPlateau on validation NLL, early stopping, the
+best checkpoint for generation and a resumable checkpoint for interruptions, dvclive
+curves, CUDA + bf16 autocast when present (CPU fp32 otherwise), DistributedDataParallel
+under ``torchrun`` (gloo on CPU, nccl on CUDA).
+
+Files in ``checkpoints/<run>/``:
+- ``best.pt`` — {model_name, model_params, model, step, epoch, val_nll, fingerprint}:
+  what ``stages.generate`` (and GCL's frozen reference) load.
+- ``last.pt`` — everything needed to continue: model, optimizer, scheduler, every rank's
+  RNG states, epoch, position in the epoch, step, best value, the fingerprint and
+  ``finished``. Rerunning continues from it only when its fingerprint (hash of the params
+  and of the input files' bytes) matches; otherwise training starts fresh and says why.
+
+Both hold only tensors and plain Python values: ``torch.load(path, weights_only=True)``.
+
+Hooks: ``objective(model, batch, epoch=, step=) -> dict`` (default :func:`mle`, i.e.
+``model.loss``) returns at least ``loss``; ``model`` may be DDP-wrapped, so call it as
+``model(batch, method=...)``. ``epoch``/``step`` reach ``Generator.loss`` as keyword
+arguments (PostKS's BOW-only warm-up epochs use ``epoch``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline.dataset import (
+    CONGENERIC,
+    PERSONA_LABEL,
+    SPECIFIC_WORDS,
+    Batch,
+    DialogueDataset,
+    Vocab,
+    batch_indices,
+    load_split,
+    shard,
+)
+from pipeline.io import InputError, atomic_path, progress
+from pipeline.models import Generator, ModelContext, build_model, get_model_class, model_params, perplexity
+from pipeline.models.layers import load_embedding_matrix
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+Objective = Callable[..., dict]
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1
+    epochs: int = 5
+    batch_size: int = 64  # per process under torchrun
+    eval_batch_size: int = 128
+    lr: float = 1e-3
+    clip: float = 5.0  # max gradient norm
+    lr_factor: float = 0.5  # ReduceLROnPlateau
+    lr_patience: int = 1  # validations without improvement before the LR drops
+    lr_floor: float = 1e-5
+    validate_every: int = 0  # optimizer steps; 0 = at the end of every epoch
+    early_stopping: int = 3  # validations without improvement; 0 = never stop early
+    checkpoint_every: int = 100  # optimizer steps between resumable checkpoints (and at validations)
+    max_steps: int = 0  # 0 = no limit (tests, smoke runs)
+    log_every: int = 20  # steps between train-loss points on the curves
+    bucket: bool = True  # batch similar lengths together (less padding)
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+
+    @classmethod
+    def from_params(cls, params: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        if unknown := set(params) - known:
+            raise InputError("params.yaml", f"unknown train params {sorted(unknown)}")
+        return cls(**params)
+
+
+def train_params(all_params: dict, run: str) -> dict:
+    """params.yaml `train` <- the run's own `<run>.train` overrides."""
+    return {**(all_params.get("train") or {}), **((all_params.get(run) or {}).get("train") or {})}
+
+
+def mle(model: nn.Module, batch: Batch, **ctx) -> dict:
+    return model(batch, method="loss", **ctx)
+
+
+# -- distributed / device ----------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device_pref in ("auto", "cuda") and torch.cuda.is_available()
+    if device_pref == "cuda" and not use_cuda:
+        raise InputError("params.yaml", "train.device=cuda but CUDA is not available")
+    d = Dist()
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if use_cuda:
+        torch.cuda.set_device(d.local_rank)
+        return d, torch.device("cuda", d.local_rank)
+    return d, torch.device("cpu")
+
+
+def barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
+
+
+def autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# -- fingerprint & checkpoints -----------------------------------------------------------
+def input_files(data_dir: Path, inputs: frozenset[str]) -> list[Path]:
+    """The files a model's training reads (their bytes enter the fingerprint)."""
+    files = [data_dir / "prepared" / f for f in ("vocab.parquet", "train.parquet", "valid.parquet")]
+    files.append(data_dir / "embeddings" / "vectors.parquet")
+    for name, stage in ((SPECIFIC_WORDS, "pmi"), (CONGENERIC, "pmi"), (PERSONA_LABEL, "persona_labels"),
+                        (CONGENERIC, "congeneric")):
+        if name in inputs:
+            files += [data_dir / stage / f"{s}.parquet" for s in ("train", "valid")]
+    return sorted(set(files))
+
+
+def fingerprint(params: dict, files: list[Path]) -> str:
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for f in files:
+        h.update(f.name.encode())
+        if f.exists():
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def truncate_curves(live_dir: Path, step: int) -> None:
+    """Drop curve points logged after ``step`` (by a run killed after its last checkpoint)."""
+    for tsv in (Path(live_dir) / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
+        if not lines:
+            continue
+        col = lines[0].rstrip("\n").split("\t").index("step")
+        kept = [lines[0], *(r for r in lines[1:] if int(r.split("\t")[col]) <= step)]
+        if len(kept) != len(lines):
+            with atomic_path(tsv) as tmp:
+                tmp.write_text("".join(kept), encoding="utf-8")
+
+
+def unwrap(model: nn.Module) -> Generator:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _gather_rng(d: Dist, device: torch.device) -> dict:
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0, dtype=torch.uint8)
+    if d.world == 1:
+        return {"cpu": [cpu], "cuda": [cuda]}
+    out = [None] * d.world
+    dist.all_gather_object(out, (cpu, cuda))
+    return {"cpu": [c for c, _ in out], "cuda": [g for _, g in out]}
+
+
+def _restore_rng(rng: dict, d: Dist, device: torch.device) -> None:
+    if len(rng["cpu"]) != d.world:
+        log.warning("checkpoint has RNG states of %d processes, running %d: reseeding dropout", len(rng["cpu"]), d.world)
+        return
+    torch.set_rng_state(rng["cpu"][d.rank])
+    if device.type == "cuda" and rng["cuda"][d.rank].numel():
+        torch.cuda.set_rng_state(rng["cuda"][d.rank], device)
+
+
+# -- evaluation --------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: Generator, dataset: DialogueDataset, batch_size: int, device: torch.device,
+             amp: bool = True, d: Dist | None = None) -> dict[str, float]:
+    """Token-level NLL/perplexity (and persona-selection accuracy) on a split; sharded
+    over ranks and summed."""
+    d = d or Dist()
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # nll_sum, n_tokens, persona_correct, persona_total
+    batches = shard(batch_indices(dataset.lengths(), batch_size), d.rank, d.world, equal=False)
+    for index in batches:
+        batch = dataset.collate(index).to(device)
+        with autocast(device, amp):
+            out = model.loss(batch)
+        sums += torch.tensor([float(out["nll_sum"]), float(out["n_tokens"]),
+                              float(out.get("persona_correct", 0)), float(out.get("persona_total", 0))],
+                             dtype=torch.float64)
+    if d.world > 1:
+        sums = sums.to(device)
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+    model.train(was_training)
+    nll_sum, n_tokens, correct, total = sums.tolist()
+    metrics = {"nll": nll_sum / max(n_tokens, 1), "ppl": perplexity(nll_sum, n_tokens)}
+    if total > 0:
+        metrics["persona_acc"] = correct / total
+    return metrics
+
+
+# -- the loop ----------------------------------------------------------------------------
+@dataclass
+class Progress:
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already done
+    step: int = 0
+    best_val: float = math.inf
+    best_step: int = -1
+    bad_validations: int = 0
+    validated_at: int = -1
+    finished: bool = False
+
+
+def load_vocab_and_embeddings(data_dir: Path) -> tuple[Vocab, torch.Tensor]:
+    vocab = Vocab.load(data_dir / "prepared" / "vocab.parquet")
+    return vocab, load_embedding_matrix(data_dir / "embeddings" / "vectors.parquet", vocab.itos)
+
+
+def train(
+    model_name: str,
+    all_params: dict,
+    *,
+    run_name: str | None = None,
+    data_dir: str | Path = "data",
+    checkpoint_dir: str | Path | None = None,
+    live_dir: str | Path | None = None,
+    objective: Objective = mle,
+    fingerprint_extra: dict | None = None,
+    init_from: str | Path | None = None,
+) -> dict:
+    """Train ``model_name`` (architecture) as run ``run_name`` (dirs, params overrides;
+    default the model name). ``init_from``: a best.pt whose weights a fresh run starts
+    from (GCL's target starts as its MLE reference). Returns a summary dict (rank 0's view)."""
+    run = run_name or model_name
+    data_dir = Path(data_dir)
+    ckpt_dir = Path(checkpoint_dir or Path("checkpoints") / run)
+    live_dir = Path(live_dir or Path("dvclive") / run)
+    cfg = TrainConfig.from_params(train_params(all_params, run))
+    mparams = model_params(all_params, model_name)
+    if run != model_name:  # e.g. seq2seq_gcl: its section may override backbone keys too
+        mparams.update({k: v for k, v in (all_params.get(run) or {}).items() if k in mparams})
+    cls = get_model_class(model_name)
+    d, device = setup_distributed(cfg.device)
+
+    files = input_files(data_dir, cls.inputs) + ([Path(init_from)] if init_from is not None else [])
+    fp = fingerprint({"train": asdict(cfg), "model": mparams, "run": run, "world": d.world,
+                      "extra": fingerprint_extra or {}}, files)
+
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    resume = None
+    if last_path.exists():
+        try:
+            resume = load_checkpoint(last_path)
+        except Exception as e:  # a truncated file from a killed save cannot happen (atomic), but be safe
+            log.warning("cannot read %s (%s): starting fresh", last_path, e)
+        if resume is not None and resume.get("fingerprint") != fp:
+            log.warning("%s was made with other params or input data (fingerprint %s != %s): starting fresh",
+                        last_path, str(resume.get("fingerprint"))[:12], fp[:12])
+            resume = None
+    if resume is not None and resume["progress"]["finished"] and best_path.exists():
+        log.info("%s: training already finished with these params and data; nothing to do", last_path)
+        if d.world > 1:
+            dist.destroy_process_group()
+        return {"resumed": True, "skipped": True, **resume["summary"]}
+
+    vocab, emb = load_vocab_and_embeddings(data_dir)
+    data_cfg = cls.data_config(mparams)
+    train_ds = load_split("train", vocab, data_cfg, data_dir)
+    valid_ds = load_split("valid", vocab, data_cfg, data_dir)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model: Generator = build_model(model_name, mparams, ModelContext.from_vocab(vocab, emb, train_ds)).to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
+                                                           patience=cfg.lr_patience, min_lr=cfg.lr_floor)
+    prog = Progress()
+    torch.manual_seed(cfg.seed * 1000 + d.rank)  # dropout streams differ per rank
+    if init_from is not None and resume is None:
+        model.load_state_dict(load_checkpoint(init_from)["model"])
+        log.info("%s: initialised from %s", run, init_from)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        _restore_rng(resume["rng"], d, device)
+        prog = Progress(**resume["progress"])
+        log.info("resuming %s from %s: epoch %d, batch %d, step %d, best val NLL %.4f",
+                 run, last_path, prog.epoch, prog.batch_in_epoch, prog.step, prog.best_val)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("%s: %d trainable parameters on %s (world %d)%s", run, n_params, device, d.world,
+             ", bf16 autocast" if device.type == "cuda" and cfg.amp else "")
+
+    net: nn.Module = model
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # PEDNet/PostKS batches leave some parameters unused
+
+    live = None
+    if d.main:
+        from dvclive import Live
+
+        if resume is not None:
+            truncate_curves(live_dir, prog.step)
+        else:
+            best_path.unlink(missing_ok=True)  # a stale best model from other params/data
+        live = Live(dir=str(live_dir), resume=resume is not None, dvcyaml=None, save_dvc_exp=False)
+
+    def summary() -> dict:
+        return {"best_val_nll": prog.best_val, "best_val_ppl": perplexity(prog.best_val, 1.0),
+                "best_step": prog.best_step, "steps": prog.step, "epochs_done": prog.epoch}
+
+    def save_last() -> None:
+        rng = _gather_rng(d, device)
+        if d.main:
+            save_checkpoint({"format": CHECKPOINT_FORMAT, "fingerprint": fp, "model_name": model_name,
+                             "run": run, "model_params": model.params, "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "rng": rng, "progress": asdict(prog), "summary": summary()}, last_path)
+        barrier(d)
+
+    def validate() -> bool:
+        """Validate, step the LR schedule, keep the best; True = stop early."""
+        started = time.perf_counter()
+        metrics = evaluate(model, valid_ds, cfg.eval_batch_size, device, cfg.amp, d)
+        eval_seconds[0] += time.perf_counter() - started  # kept out of the training throughput
+        prog.validated_at = prog.step
+        # The epoch of the last step; during a model's warm-up (PostKS: BOW only, the decoder
+        # untrained) validation NLL neither drives the LR schedule nor counts toward stopping.
+        warm = (prog.epoch if prog.batch_in_epoch else prog.epoch - 1) < model.warmup_epochs
+        if not warm:
+            scheduler.step(metrics["nll"])
+        improved = metrics["nll"] < prog.best_val
+        if improved:
+            prog.best_val, prog.best_step, prog.bad_validations = metrics["nll"], prog.step, 0
+            if d.main:
+                save_checkpoint({"format": CHECKPOINT_FORMAT, "fingerprint": fp, "model_name": model_name,
+                                 "run": run, "model_params": model.params, "model": model.state_dict(),
+                                 "step": prog.step, "epoch": prog.epoch, "val_nll": metrics["nll"]}, best_path)
+        elif not warm:
+            prog.bad_validations += 1
+        lr = optimizer.param_groups[0]["lr"]
+        log.info("step %d epoch %d: val NLL %.4f ppl %.2f%s lr %.2g%s", prog.step, prog.epoch, metrics["nll"],
+                 metrics["ppl"], f" persona acc {metrics['persona_acc']:.3f}" if "persona_acc" in metrics else "",
+                 lr, " (best)" if improved else "")
+        if live is not None:
+            live.step = prog.step
+            for k, v in metrics.items():
+                live.log_metric(f"val/{k}", v)
+            live.log_metric("lr", lr)
+            live.log_metric("best/val_nll", prog.best_val, plot=False)
+            live.log_metric("best/val_ppl", perplexity(prog.best_val, 1.0), plot=False)
+            live.make_summary()
+        return bool(cfg.early_stopping) and prog.bad_validations >= cfg.early_stopping
+
+    stop = False
+    running, running_n, tokens, t0 = 0.0, 0, 0, time.perf_counter()
+    eval_seconds = [0.0]
+    model.train()
+    while prog.epoch < cfg.epochs and not stop:
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + prog.epoch)  # same order on every rank
+        batches = shard(batch_indices(train_ds.lengths(), cfg.batch_size, g, cfg.bucket), d.rank, d.world)
+        bar = progress(total=len(batches), initial=prog.batch_in_epoch, desc=f"{run} epoch {prog.epoch}",
+                       disable=not d.main or bool(os.environ.get("PIPELINE_NO_PROGRESS")))
+        for i in range(prog.batch_in_epoch, len(batches)):
+            batch = train_ds.collate(batches[i]).to(device)
+            with autocast(device, cfg.amp):
+                out = objective(net, batch, epoch=prog.epoch, step=prog.step)
+            optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            if cfg.clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimizer.step()
+            prog.step += 1
+            prog.batch_in_epoch = i + 1
+            running += float(out["loss"].detach())
+            running_n += 1
+            tokens += int(out.get("target_tokens", batch.response_mask.sum()))  # GCL: every group pair
+            bar.update(1)
+            if prog.step % cfg.log_every == 0 and live is not None:
+                live.step = prog.step
+                live.log_metric("train/loss", running / running_n)
+                seconds = time.perf_counter() - t0 - eval_seconds[0]
+                live.log_metric("train/tokens_per_s", tokens * d.world / max(seconds, 1e-9))
+                bar.set_postfix(loss=f"{running / running_n:.3f}")
+                running, running_n, tokens, t0 = 0.0, 0, 0, time.perf_counter()
+                eval_seconds[0] = 0.0
+            at_end = cfg.max_steps and prog.step >= cfg.max_steps
+            if cfg.validate_every and prog.step % cfg.validate_every == 0 and validate():
+                stop = True
+            if at_end:
+                stop = True
+            if stop or prog.step % cfg.checkpoint_every == 0 or (cfg.validate_every and
+                                                                 prog.step % cfg.validate_every == 0):
+                save_last()
+            if stop:
+                break
+        bar.close()
+        if stop:
+            break
+        prog.epoch, prog.batch_in_epoch = prog.epoch + 1, 0
+        if not cfg.validate_every and validate():
+            stop = True
+        save_last()
+
+    if prog.validated_at != prog.step or not best_path.exists():
+        validate()
+    prog.finished = True
+    save_last()
+    if live is not None:
+        live.log_metric("best/step", prog.best_step, plot=False)
+        live.end()
+    result = {"resumed": resume is not None, "skipped": False, **summary()}
+    log.info("%s finished: %s", run, json.dumps(result))
+    if d.world > 1:
+        dist.destroy_process_group()
+    return result
+
+
+def load_trained(path: str | Path, vocab: Vocab, device: torch.device | str = "cpu") -> Generator:
+    """Rebuild a model from ``best.pt`` (no data needed: buffers like GPMN's idf are in it).
+
+    A missing file, a file that is not a generator checkpoint, one of an unknown model or
+    one that does not fit ``vocab`` (trained on other data) -> InputError, one line."""
+    try:
+        ck = load_checkpoint(path)
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a directory, not a checkpoint file") from None
+    except Exception as e:  # torch raises many kinds for a file it cannot read
+        if not zipfile.is_zipfile(path):  # what torch.save writes
+            raise InputError(path, "not a PyTorch checkpoint") from None
+        raise InputError(path, f"unreadable PyTorch checkpoint ({type(e).__name__}; weights_only=True allows "
+                               "only tensors and plain values)") from None
+    if (not isinstance(ck, dict) or not {"model_name", "model_params", "model"} <= ck.keys()
+            or not isinstance(ck["model"], dict) or not isinstance(ck["model_name"], str)):
+        kind = ck.get("kind") if isinstance(ck, dict) else None
+        raise InputError(path, "not a generator checkpoint (no model_name / model_params / model)"
+                         + (f"; it holds a {kind!r} model" if kind else ""))
+    name = ck["model_name"]
+    try:
+        get_model_class(name)
+    except KeyError:
+        raise InputError(path, f"checkpoint of an unknown model {name!r}") from None
+    try:
+        model = build_model(name, dict(ck["model_params"]), ModelContext.from_vocab(vocab))
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(path, f"incompatible {name} checkpoint: cannot rebuild the model ({e})") from None
+    expected = model.state_dict()
+    state = ck["model"]
+    if missing := sorted(set(expected) - set(state)):
+        raise InputError(path, f"incompatible {name} checkpoint: missing weights {missing[:3]}")
+    if unexpected := sorted(set(state) - set(expected)):
+        raise InputError(path, f"incompatible {name} checkpoint: unexpected weights {unexpected[:3]}")
+    emb = "embeddings.embedding.weight"
+    if emb in state and state[emb].shape[0] != len(vocab):
+        raise InputError(path, f"{name} checkpoint has a vocabulary of {state[emb].shape[0]} tokens, the given "
+                               f"vocabulary {len(vocab)}: it was trained on other data")
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise InputError(path, f"incompatible {name} checkpoint: {k} has shape {tuple(state[k].shape)}, "
+                                   f"the model expects {tuple(v.shape)}")
+    model.load_state_dict(state)
+    return model.to(device).eval()

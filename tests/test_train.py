@@ -1,0 +1,206 @@
+"""The shared training loop: checkpoints, resume, determinism, schedule, stages, torchrun."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+import pipeline.train as train_mod
+from pipeline import schema
+from pipeline.dataset import DataConfig, Vocab, load_split
+from pipeline.train import load_checkpoint, load_trained, mle, train
+from tests.model_inputs import tiny_params, write_model_inputs
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_model_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+def run(tmp: Path, data_dir: Path, params: dict, model: str = "seq2seq", **kwargs) -> dict:
+    return train(model, params, data_dir=data_dir, checkpoint_dir=tmp / "ck", live_dir=tmp / "live", **kwargs)
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted_and_is_deterministic(tmp_path, data_dir, caplog):
+    params = tiny_params(train={"epochs": 2, "checkpoint_every": 3})
+    full = run(tmp_path / "a", data_dir, params)
+    again = run(tmp_path / "b", data_dir, params)
+    assert not full["resumed"] and full["steps"] == again["steps"] == 2 * 9  # 142 examples / 16
+    assert_same(tensors(tmp_path / "a/ck/last.pt"), tensors(tmp_path / "b/ck/last.pt"))  # deterministic CPU
+
+    seen = []
+
+    def dies_at_step_14(model, batch, epoch, step):  # mid-epoch 2, two steps after the checkpoint at 12
+        seen.append((epoch, step))
+        if step == 14:
+            raise Interrupted
+        return mle(model, batch, epoch=epoch, step=step)
+
+    with pytest.raises(Interrupted):
+        run(tmp_path / "c", data_dir, params, objective=dies_at_step_14)
+    assert seen[0] == (0, 0) and seen[-1] == (1, 14)
+    assert load_checkpoint(tmp_path / "c/ck/last.pt")["progress"]["step"] == 12
+    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+        resumed = run(tmp_path / "c", data_dir, params)
+    assert resumed["resumed"] and "resuming seq2seq" in caplog.text
+    assert resumed["steps"] == full["steps"] and resumed["best_val_nll"] == full["best_val_nll"]
+    assert_same(tensors(tmp_path / "a/ck/last.pt"), tensors(tmp_path / "c/ck/last.pt"))
+    assert_same(tensors(tmp_path / "a/ck/best.pt"), tensors(tmp_path / "c/ck/best.pt"))
+    # the curves continue where the checkpoint was: points logged after it are dropped
+    def steps(name):
+        return [int(r.split("\t")[0]) for r in (tmp_path / f"c/live/plots/metrics/{name}.tsv").read_text().split("\n")[1:] if r]
+
+    assert steps("val/nll") == [9, 18]
+    assert steps("train/loss") == list(range(2, 19, 2))
+
+
+def test_checkpoints_are_weights_only_and_reload(tmp_path, data_dir):
+    params = tiny_params(train={"epochs": 1})
+    run(tmp_path, data_dir, params, model="gpmn")
+    last = torch.load(tmp_path / "ck/last.pt", weights_only=True)
+    best = torch.load(tmp_path / "ck/best.pt", weights_only=True)
+    assert set(last) >= {"model", "optimizer", "scheduler", "rng", "progress", "fingerprint", "model_params"}
+    assert last["progress"]["finished"] and best["model_name"] == "gpmn"
+    vocab = Vocab.load(data_dir / "prepared" / "vocab.parquet")
+    model = load_trained(tmp_path / "ck/best.pt", vocab)
+    assert model.idf.abs().sum() > 0  # GPMN's idf buffer came from the checkpoint
+    ds = load_split("valid", vocab, DataConfig.from_params(model.params, type(model).inputs), data_dir)
+    b = ds.collate(range(4))
+    nll = model.loss(b)["nll_sum"] / model.loss(b)["n_tokens"]
+    assert torch.isfinite(nll)
+    metrics = json.loads((tmp_path / "live/metrics.json").read_text())
+    assert metrics["best"]["val_nll"] == pytest.approx(best["val_nll"])
+    assert (tmp_path / "live/plots/metrics/train/loss.tsv").exists()
+
+
+def test_changed_params_start_fresh_and_finished_run_is_skipped(tmp_path, data_dir, caplog):
+    params = tiny_params(train={"epochs": 1})
+    run(tmp_path, data_dir, params)
+    assert run(tmp_path, data_dir, params)["skipped"]
+    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+        out = run(tmp_path, data_dir, tiny_params(train={"epochs": 1, "lr": 0.002}))
+    assert not out["resumed"] and "starting fresh" in caplog.text
+
+
+def test_schedule_early_stopping_and_best(tmp_path, data_dir, monkeypatch):
+    vals = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: {"nll": next(vals), "ppl": 1.0})
+    params = tiny_params(train={"epochs": 10, "validate_every": 2, "early_stopping": 3, "lr_patience": 0,
+                                "lr": 0.004})
+    out = run(tmp_path, data_dir, params)
+    assert out["steps"] == 10 and out["best_val_nll"] == 2.0  # stopped after 3 bad validations
+    assert load_checkpoint(tmp_path / "ck/best.pt")["step"] == 4
+    lr = load_checkpoint(tmp_path / "ck/last.pt")["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(0.004 * 0.5**3)
+
+
+def test_unknown_train_param(tmp_path, data_dir):
+    from pipeline.io import InputError
+
+    with pytest.raises(InputError, match="unknown train params"):
+        run(tmp_path, data_dir, tiny_params(train={"epochz": 1}))
+
+
+def _stage_dir(tmp_path: Path, data_dir: Path, **sections) -> Path:
+    shutil.copytree(data_dir, tmp_path / "data")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(**sections)))
+    return tmp_path
+
+
+def _run_stage(cwd: Path, *args: str, launcher: tuple[str, ...] = (sys.executable, "-m")) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PIPELINE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*launcher, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_train_and_generate_stages(tmp_path, data_dir, monkeypatch):
+    cwd = _stage_dir(tmp_path, data_dir, train={"epochs": 1})
+    monkeypatch.chdir(cwd)
+    from pipeline.io import InputError
+    from stages.generate import main as generate_main
+
+    with pytest.raises(InputError, match="best.pt"):
+        generate_main(["seq2seq"])
+    res = _run_stage(cwd, "stages.train", "seq2seq")
+    assert res.returncode == 0, res.stderr
+    res = _run_stage(cwd, "stages.generate", "seq2seq")
+    assert res.returncode == 0, res.stderr
+    table = pq.read_table(cwd / "reports/generations/seq2seq.parquet")
+    assert table.schema.equals(schema.GENERATIONS)
+    test = pq.read_table(cwd / "data/prepared/test.parquet")
+    assert table.column("example_id").to_pylist() == test.column("example_id").to_pylist()
+    assert table.column("context").to_pylist() == test.column("query").to_pylist()
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path, data_dir):
+    cwd = _stage_dir(tmp_path, data_dir, train={"epochs": 2})
+    torchrun = (str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m")
+    res = _run_stage(cwd, "stages.train", "gpmn", launcher=torchrun)
+    assert res.returncode == 0, res.stderr[-3000:]
+    last = load_checkpoint(cwd / "checkpoints/gpmn/last.pt")
+    assert last["progress"]["step"] == 2 * (9 // 2)  # each rank takes half the batches, equal counts
+    assert len(last["rng"]["cpu"]) == 2  # both ranks' dropout streams, for an exact resume
+    assert (cwd / "dvclive/gpmn/metrics.json").exists()
+    # resuming under torchrun after the stage was finished: nothing to do
+    res = _run_stage(cwd, "stages.train", "gpmn", launcher=torchrun)
+    assert res.returncode == 0 and "nothing to do" in res.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_training(tmp_path, data_dir):
+    out = run(tmp_path, data_dir, tiny_params(train={"epochs": 1, "device": "cuda", "amp": True}))
+    assert out["steps"] == 9 and out["best_val_nll"] < 10
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path, data_dir):
+    import signal
+    import time
+
+    sections = {"train": {"epochs": 12, "checkpoint_every": 5}}
+    reference = run(tmp_path / "ref", data_dir, tiny_params(**sections))
+    cwd = _stage_dir(tmp_path / "stage", data_dir, **sections)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PIPELINE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "seq2seq"], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = cwd / "checkpoints/seq2seq/last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # somewhere mid-run, between checkpoints
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(last)["progress"]
+    assert not killed_at["finished"], "the run ended before the kill: make it longer"
+    res = _run_stage(cwd, "stages.train", "seq2seq")
+    assert res.returncode == 0 and "resuming seq2seq" in res.stderr
+    assert load_checkpoint(last)["progress"]["step"] == reference["steps"]
+    assert_same(tensors(tmp_path / "ref/ck/last.pt"), tensors(last))
+    assert_same(tensors(tmp_path / "ref/ck/best.pt"), tensors(cwd / "checkpoints/seq2seq/best.pt"))
