@@ -68,15 +68,50 @@ CONGENERIC = pa.schema(
     ]
 )
 
-# data/groups/train.parquet — GCL candidate pools (methods §3). One BM25 retrieval of
-# training contexts gives candidate pairs (c', r'); the response side pairs (c, r'),
-# the context side pairs (c', r). Matching scores are filled by the `msn` issue.
+# data/groups/train.parquet — GCL candidate pools (methods §3), one row per training row
+# (same order). One BM25 retrieval over training contexts gives candidate pairs (c', r')
+# (rows of train.parquet, top then bottom BM25); as in the authors' code the same
+# candidates serve both sides: the response side pairs (c, r'), the context side (c', r).
+# Empty lists where the context is empty (the bot opens the dialogue). The MSN matching
+# probabilities, aligned with `candidate_rows`, are null until the `msn` issue fills them.
 GROUPS = pa.schema(
     [
         ("example_id", pa.string()),
         ("candidate_rows", _i32_list),  # row positions in train.parquet: top then bottom BM25
         ("bm25_scores", _f32_list),
         ("is_top", pa.list_(pa.bool_())),  # True for top-BM25 candidates, False for bottom
+        ("msn_response_side", _f32_list),  # MSN(c, r') per candidate (null: not scored yet)
+        ("msn_context_side", _f32_list),  # MSN(c', r) per candidate (null: not scored yet)
+    ]
+)
+# data/msn_scores/train.parquet (stage score_groups) is data/groups with both MSN columns filled.
+
+# data/scored_groups/train.parquet — the group of every training row (same order): pairs
+# as (context row, response row) of train.parquet with s = clamp(2(q − 0.5), −1, 1).
+# Positives: the original pair (s = 1, side "original") first, then per side the k best
+# (best first); negatives: per side the k worst (worst first). Sides: "response" pairs
+# (c, r'), "context" pairs (c', r). Response side before context side.
+SCORED_GROUPS = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("positive_context_rows", _i32_list),
+        ("positive_response_rows", _i32_list),
+        ("positive_scores", _f32_list),
+        ("positive_sides", _str_list),
+        ("negative_context_rows", _i32_list),
+        ("negative_response_rows", _i32_list),
+        ("negative_scores", _f32_list),
+        ("negative_sides", _str_list),
+    ]
+)
+
+# data/reference_scores/<reference model>/train.parquet — log p_n(r | c) of the frozen MLE
+# reference (eval mode) for every pair of data/scored_groups, in the same order.
+REFERENCE_SCORES = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("positive_log_probs", _f32_list),
+        ("negative_log_probs", _f32_list),
     ]
 )
 
