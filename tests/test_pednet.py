@@ -1,0 +1,259 @@
+"""PEDNet (CDNet + PDNet) on the tiny fabricated model inputs of tests/model_inputs.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from pipeline.dataset import Vocab, load_split
+from pipeline.decode import generate_rows, greedy
+from pipeline.io import InputError
+from pipeline.models import ModelContext, build_model
+from pipeline.models.layers import MemoryHops, load_embedding_matrix
+from pipeline.models.pednet import CDNET, PDNET, PEDNet, choose_task
+from tests.model_inputs import write_model_inputs
+
+PARAMS = {"hidden": 16, "dropout": 0.0, "k": 3}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_model_inputs(tmp_path_factory.mktemp("pednet"), k_max=5)
+
+
+@pytest.fixture(scope="module")
+def vocab(data):
+    return Vocab.load(data / "prepared" / "vocab.parquet")
+
+
+def make(data, vocab, split="train", seed=0, **overrides):
+    params = {**PARAMS, **overrides}
+    ds = load_split(split, vocab, PEDNet.data_config(params), data)
+    emb = load_embedding_matrix(data / "embeddings" / "vectors.parquet", vocab.itos)
+    torch.manual_seed(seed)
+    return build_model("pednet", params, ModelContext.from_vocab(vocab, emb, ds)), ds
+
+
+def test_forward_backward_both_tasks(data, vocab):
+    model, ds = make(data, vocab)
+    batch = ds.collate(list(range(6)))
+    for task, used in ((CDNET, ("memory.proj.weight", "memory.none_memory", "key_linear.weight")),
+                       (PDNET, ("encoder.gru.weight_ih_l0", "decoder.gru.weight_ih_l0"))):
+        model.zero_grad()
+        out = model.loss(batch, task=task)
+        assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+        assert out["n_tokens"] == batch.response_mask.sum()
+        out["loss"].backward()
+        grads = dict(model.named_parameters())
+        for name in used:
+            assert grads[name].grad is not None and grads[name].grad.abs().sum() > 0, (task, name)
+    # PDNet reads neither the memory network nor the specific words.
+    assert grads["memory.proj.weight"].grad is None or grads["memory.proj.weight"].grad.abs().sum() == 0
+
+
+def test_cdnet_loss_weights_nll_and_persona(data, vocab):
+    model, ds = make(data, vocab, nll_weight=0.3, persona_weight=0.7)
+    model.eval()
+    batch = ds.collate(list(range(6)))
+    out = model.loss(batch)  # eval: CDNet
+    nll = out["nll_sum"] / out["n_tokens"]
+    assert float(out["loss"].detach()) == pytest.approx(0.3 * float(nll) + 0.7 * float(out["persona_ce"]), rel=1e-5)
+    assert int(out["persona_total"]) == 6
+
+
+def test_persona_query_ignores_absent_specific_words(data, vocab):
+    model, ds = make(data, vocab)
+    model.eval()
+    batch = ds.collate(list(range(len(ds))))
+    none = ~batch.specific_words_mask.any(1)
+    assert none.any() and (~none).any()  # the tiny corpus has both kinds
+    u = torch.randn(batch.size, 16)
+    z = model.persona_query(batch, u)
+    assert torch.equal(z[none], u[none])
+    assert not torch.allclose(z[~none], u[~none])
+
+
+def test_loss_falls_overfitting_a_tiny_set(data, vocab):
+    model, ds = make(data, vocab)
+    batch = ds.collate(list(range(8)))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.eval()
+    before = float(model.loss(batch)["nll_sum"])
+    model.train()
+    for step in range(60):
+        opt.zero_grad()
+        model.loss(batch, step=step)["loss"].backward()
+        opt.step()
+    model.eval()
+    after = float(model.loss(batch)["nll_sum"])
+    assert after < 0.5 * before
+
+
+def test_cdnet_learns_persona_selection(data, vocab):
+    """The memory network fits the optimal-persona labels (None included) of a tiny set."""
+    model, ds = make(data, vocab)
+    batch = ds.collate(list(range(16)))
+    labels = batch.persona_label
+    assert (labels == -1).any() and (labels >= 0).any()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.eval()
+    acc0 = int(model.loss(batch)["persona_correct"]) / 16
+    model.train()
+    for _ in range(80):
+        opt.zero_grad()
+        model.loss(batch, task=CDNET)["loss"].backward()
+        opt.step()
+    model.eval()
+    acc = int(model.loss(batch)["persona_correct"]) / 16
+    assert acc >= 0.9 > acc0
+    # Decoding reports the same choice: the label index, -1 for the None label.
+    selected = greedy(model, batch, max_len=5).selected_persona
+    assert (selected == labels).float().mean() >= 0.9
+
+
+class FixedChoice(torch.nn.Module):
+    """Stands in for the memory network: even rows pick "no persona", odd rows sentence 1."""
+
+    def forward(self, query, memory, mask):
+        b, m, _ = memory.shape
+        logits = torch.zeros(b, m + 1)
+        logits[0::2, m] = 1.0
+        logits[1::2, 1] = 1.0
+        return [logits], query
+
+
+def test_none_selection_gives_zero_persona_context(data, vocab):
+    model, ds = make(data, vocab)
+    model.eval()
+    model.memory = FixedChoice()
+    batch = ds.collate(list(range(6)))
+    state = model.encode(batch)
+    assert state["selected"].tolist() == [-1, 1, -1, 1, -1, 1]
+    assert model.selected_persona(state).tolist() == [-1, 1, -1, 1, -1, 1]
+    (c_p,) = model.extra_contexts(state, torch.randn(batch.size, 16))
+    assert torch.all(c_p[0::2] == 0) and torch.all(c_p[1::2].abs().sum(-1) > 0)
+    # The persona the decoder attends is sentence 1's word encodings.
+    words, _ = model.encode_persona(batch)
+    assert torch.equal(state["persona_words"][1::2], words[1::2, 1])
+
+
+def test_pdnet_uses_k_contexts(data, vocab):
+    model, ds = make(data, vocab, k=4)
+    model.eval()
+    batch = ds.collate(list(range(5)))
+    assert batch.congeneric.shape[:2] == (5, 4)
+    state = model.encode_pdnet(batch)
+    assert state["context"].shape[:3] == batch.congeneric.shape
+    assert state["hidden"].shape == (5, 1, 16)
+    base = model.pdnet_loss(batch)["nll_sum"]
+    # A retrieved context (not the example's own X~) changes PDNet's likelihood...
+    other = batch.congeneric.clone()
+    other[:, 3] = torch.where(batch.congeneric_mask[:, 3], vocab.unk, other[:, 3])
+    changed = model.pdnet_loss(dataclasses.replace(batch, congeneric=other))["nll_sum"]
+    assert not torch.isclose(base, changed)
+    # ...and the optimal persona is its persona input (zero context for None).
+    state = model.encode_pdnet(batch)
+    assert torch.equal(state["persona_on"], batch.persona_label >= 0)
+    assert torch.equal(state["selected"], batch.persona_label)
+
+
+def test_pdnet_with_k_1(data, vocab):
+    model, ds = make(data, vocab, k=1)
+    batch = ds.collate(list(range(5)))
+    assert batch.congeneric.shape[1] == 1
+    out = model.loss(batch, task=PDNET)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+
+
+def test_k_maps_to_congeneric_k_and_is_checked(data, vocab):
+    assert PEDNet.data_config({"k": 7}).congeneric_k == 7
+    assert PEDNet.data_config({}).congeneric_k == 15
+    with pytest.raises(InputError, match="congeneric_k=7"):  # the stage stored k_max=5 here
+        load_split("train", vocab, PEDNet.data_config({"k": 7}), data)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.2])
+def test_alternation_frequency_and_determinism(gamma):
+    tasks = [choose_task(s, gamma, seed=1) for s in range(4000)]
+    share = tasks.count(PDNET) / len(tasks)
+    assert abs(share - gamma) < 0.03
+    assert tasks == [choose_task(s, gamma, seed=1) for s in range(4000)]
+    assert tasks != [choose_task(s, gamma, seed=2) for s in range(4000)]
+    assert set(choose_task(s, 0.0) for s in range(200)) == {CDNET}
+    assert set(choose_task(s, 1.0) for s in range(200)) == {PDNET}
+
+
+def test_training_alternates_and_evaluation_is_cdnet(data, vocab):
+    model, ds = make(data, vocab, gamma=0.5)
+    batch = ds.collate(list(range(4)))
+    picked = [float(model.loss(batch, step=s)["task_pdnet"]) for s in range(20)]
+    assert picked == [float(choose_task(s, 0.5) == PDNET) for s in range(20)]
+    assert 0 < sum(picked) < 20
+    model.eval()
+    assert all(float(model.loss(batch, step=s)["task_pdnet"]) == 0 for s in range(20))
+    with pytest.raises(ValueError, match="task"):
+        model.loss(batch, task="both")
+
+
+def test_sequence_log_prob_matches_nll(data, vocab):
+    model, ds = make(data, vocab)
+    model.eval()
+    batch = ds.collate(list(range(7)))
+    with torch.no_grad():
+        lp = model.sequence_log_prob(batch)
+        out = model.loss(batch)
+    assert lp.shape == (7,) and torch.all(lp < 0)
+    assert float(-lp.sum()) == pytest.approx(float(out["nll_sum"]), rel=1e-5)
+
+
+def test_generations_select_persona_in_range_or_null(data, vocab):
+    model, ds = make(data, vocab, split="test")
+    rows = generate_rows(model, ds, batch_size=4, max_len=8)
+    assert len(rows) == len(ds)
+    for r in rows:
+        s = r["selected_persona"]
+        assert s is None or 0 <= s < len(r["persona"])
+
+
+def test_memory_hop_residuals():
+    torch.manual_seed(0)
+    memory, mask, query = torch.randn(2, 4, 8), torch.ones(2, 4, dtype=torch.bool), torch.randn(2, 8)
+    hops_q = MemoryHops(8, hops=3, residual="query")
+    hops_p = MemoryHops(8, hops=3, residual="previous")
+    (lq, _), (lp, _) = hops_q(query, memory, mask), hops_p(query, memory, mask)
+    assert torch.allclose(lq[1], lp[1])  # hop 2's query is o_1 + m_1 either way
+    assert not torch.allclose(lq[2], lp[2])
+    with pytest.raises(ValueError):
+        MemoryHops(8, residual="sum")
+
+
+def test_train_loop_and_generation_round_trip(data, vocab, tmp_path):
+    from pipeline.train import load_trained, train
+
+    params = {"train": {"epochs": 1, "batch_size": 16}, "model": {"hidden": 16, "dropout": 0.0},
+              "pednet": {"k": 2, "gamma": 0.5}}
+    out = train("pednet", params, data_dir=data, checkpoint_dir=tmp_path / "ck", live_dir=tmp_path / "live")
+    assert out["steps"] > 0 and out["best_val_nll"] < 20
+    model = load_trained(tmp_path / "ck" / "best.pt", vocab)
+    assert model.params["k"] == 2 and type(model).data_config(model.params).congeneric_k == 2
+    ds = load_split("test", vocab, type(model).data_config(model.params), data)
+    rows = generate_rows(model, ds, batch_size=8, max_len=5)
+    assert len(rows) == len(ds)
+    metrics = (tmp_path / "live" / "metrics.json").read_text()
+    assert "persona_acc" in metrics
+
+
+def test_pdnet_encodes_repeated_contexts_once_with_the_same_result(data, vocab):
+    model, ds = make(data, vocab, k=4)
+    model.eval()
+    batch = ds.collate(list(range(10)))
+    flat = batch.congeneric.reshape(-1, batch.congeneric.shape[-1])
+    assert torch.unique(flat, dim=0).shape[0] < flat.shape[0]  # the tiny corpus repeats contexts
+    with torch.no_grad():
+        state = model.encode_pdnet(batch)
+        out, h = model.encoder(model.embeddings(flat), batch.congeneric_mask.reshape(flat.shape))
+    assert torch.allclose(state["context"], out.view(state["context"].shape), atol=1e-6)
+    assert torch.allclose(state["hidden"][:, -1], h[-1].view(10, 4, -1).mean(1), atol=1e-6)
