@@ -38,7 +38,7 @@ def dialogue_lines(rng: random.Random, silence_first: bool) -> list[str]:
     topics = rng.sample(sorted(TOPICS), k=rng.choice([4, 5]))
     lines = [f"your persona: {TOPICS[t][0]}" for t in topics]
     turns = []
-    for i in range(rng.randint(4, 7)):
+    for _ in range(rng.randint(4, 7)):
         if rng.random() < 0.7:
             t = rng.choice(topics)
             turns.append((rng.choice(TOPICS[t][1]), rng.choice(TOPICS[t][2])))
@@ -55,7 +55,7 @@ def write_corpus(root: str | Path, sizes=(24, 8, 8), seed: int = 0) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    for split, n in zip(("train", "valid", "test"), sizes):
+    for split, n in zip(("train", "valid", "test"), sizes, strict=True):
         out = []
         for d in range(n):
             out += dialogue_lines(rng, silence_first=(split == "train" and d % 2 == 0))

@@ -1,0 +1,133 @@
+"""`python -m benchmarks`: measure this project against its slow baselines, side by side.
+
+Writes reports/benchmarks.md (a table of ratios) and reports/benchmarks.json. Needs the
+preprocessing outputs in data/ (run `dvc repro` first) and the raw slice for the scale runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import measures
+from benchmarks.scale import PREPROCESSING, bench_scale, growth
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TARGETS = {
+    "bm25_speedup": ">= 100x",
+    "labelling_speedup": ">= 20x",
+    "train_fraction_of_matmul_peak": ">= 0.40",
+    "gcl_vs_mle_throughput": ">= 0.8",
+    "noop_repro_seconds": "<= 5 s",
+}
+
+
+def noop_repro_seconds() -> float:
+    """A second `dvc repro` of the preprocessing DAG: in this repo if it is up to date,
+    otherwise in a scratch copy built first."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    env = dict(os.environ, PIPELINE_NO_PROGRESS="1")
+    status = subprocess.run([dvc, "status", "--quiet", *PREPROCESSING], cwd=ROOT, env=env, capture_output=True)
+    cwd = ROOT
+    if status.returncode != 0:
+        from tests.dvc_project import make_project  # the tests' scratch-project builder
+
+        cwd = make_project(Path(tempfile.mkdtemp(prefix="noop-")))
+        subprocess.run([dvc, "repro", *PREPROCESSING], cwd=cwd, env=env, check=True, capture_output=True)
+    start = time.perf_counter()
+    out = subprocess.run([dvc, "repro", *PREPROCESSING], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if "Running stage" in out.stdout:
+        raise RuntimeError(f"the second dvc repro was not a no-op:\n{out.stdout}")
+    return round(seconds, 2)
+
+
+def render(results: dict) -> str:
+    rows = [
+        ("BM25 candidate pools vs rank_bm25 get_scores loop", "bm25_speedup", "x"),
+        ("  top-10 agreement with rank_bm25", "bm25_top10_agreement", ""),
+        ("persona labelling vs one encoder call per sentence", "labelling_speedup", "x"),
+        ("  label agreement", "labelling_agreement", ""),
+        ("PEDNet training step, fraction of fp32 matmul peak", "train_fraction_of_matmul_peak", ""),
+        ("contrastive / MLE target-token throughput", "gcl_vs_mle_throughput", ""),
+        ("no-op dvc repro (seconds)", "noop_repro_seconds", ""),
+    ]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `python -m benchmarks` on {results['machine']}.",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+    ]
+    for label, key, unit in rows:
+        value = results.get(key)
+        shown = "not measured" if value is None else f"{value:g}{unit}"
+        lines.append(f"| {label} | {shown} | {TARGETS.get(key, '')} |")
+    lines += ["", "## Details", "", "```json", json.dumps(results.get("details", {}), indent=2), "```"]
+    if results.get("scale"):
+        factors = sorted({f for runs in results["scale"].values() for f in runs}, key=lambda f: int(f[1:]))
+        lines += ["", "## Scale: preprocessing on the slice replicated N times", "",
+                  "| stage | " + " | ".join(f"{f} s / MiB" for f in factors) + " | growth vs linear |",
+                  "|---|" + "---|" * (len(factors) + 1)]
+        for stage, runs in results["scale"].items():
+            cells = [f"{runs[f]['seconds']:.1f} / {runs[f]['peak_rss_bytes'] / 2**20:.0f}" if f in runs else "-"
+                     for f in factors]
+            lines.append(f"| {stage} | " + " | ".join(cells) + f" | {results['scale_growth'].get(stage, '-')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    ap.add_argument("--raw", default="data/raw", help="ParlAI files to replicate for the scale runs")
+    ap.add_argument("--scales", default="1,3,9", help="replication factors, e.g. 1,3,9 ('' skips)")
+    ap.add_argument("--sample", type=int, default=400, help="queries/examples timed on the slow paths")
+    ap.add_argument("--only", default="", help="comma-separated subset: bm25,labelling,train,gcl,noop,scale")
+    ap.add_argument("--out", default="reports/benchmarks")
+    args = ap.parse_args(argv)
+    only = set(filter(None, args.only.split(",")))
+    want = (lambda name: not only or name in only)  # noqa: E731
+    os.chdir(ROOT)
+
+    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
+                                f"{measures.torch_threads()}", "details": {}}
+    steps = [
+        ("bm25", lambda: measures.bm25(args.sample)),
+        ("labelling", lambda: measures.labelling(args.sample)),
+        ("train", measures.training),
+        ("gcl", measures.gcl_vs_mle),
+    ]
+    for name, fn in steps:
+        if want(name):
+            print(f"[benchmarks] {name} ...", file=sys.stderr)
+            headline, details = fn()
+            results.update(headline)
+            results["details"][name] = details
+    if want("noop"):
+        print("[benchmarks] noop ...", file=sys.stderr)
+        results["noop_repro_seconds"] = noop_repro_seconds()
+    factors = [int(f) for f in args.scales.split(",") if f]
+    if want("scale") and factors:
+        print(f"[benchmarks] scale {factors} ...", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
+            results["scale"] = bench_scale(Path(args.raw).resolve(), factors, Path(tmp))
+        results["scale_growth"] = growth(results["scale"], factors)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    table = render(results)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Build a throw-away copy of this project (git + DVC) around a tiny generated corpus.
+
+End-to-end tests run the real `dvc` CLI in it, the way users do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.corpus import write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+PREPROCESSING = ("fetch", "prepare", "embeddings", "pmi", "persona_labels", "congeneric", "groups")
+
+# Small enough for seconds on a tiny corpus; everything else stays at the defaults.
+TINY_PARAMS = {
+    "embeddings": {"epochs": 2, "dim": 16},
+    "pmi": {"min_count": 1, "threshold": 0.5},
+}
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
+    e["PIPELINE_NO_PROGRESS"] = "1"
+    e.setdefault("OMP_NUM_THREADS", "1")
+    e["DVC_NO_ANALYTICS"] = "1"
+    e["PYTHONPATH"] = ""  # the copy's own pipeline/ must win over the installed one
+    return e
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def set_params(repo: Path, overrides: dict) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in overrides.items():
+        params.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_project(tmp: Path, corpus_sizes=(24, 8, 8), seed: int = 0, params: dict | None = None) -> Path:
+    """A git+DVC copy of the project at ``tmp/project`` reading ``tmp/corpus``."""
+    corpus = write_corpus(tmp / "corpus", sizes=corpus_sizes, seed=seed)
+    repo = tmp / "project"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(ROOT / name, repo / name)
+    for pkg in ("pipeline", "stages"):
+        shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".gitignore").write_text("/data/\n/checkpoints/\n__pycache__/\n")
+    overrides = {"fetch": {"source": str(corpus)}, **TINY_PARAMS, **(params or {})}
+    set_params(repo, overrides)
+    run(["git", "init", "-q"], repo)
+    run(["git", "config", "user.email", "ci@example.com"], repo)
+    run(["git", "config", "user.name", "ci"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "init"], repo)
+    return repo

@@ -1,0 +1,99 @@
+"""End to end: the preprocessing DAG under the real `dvc` CLI on a tiny generated corpus."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.dvc_project import PREPROCESSING, make_project, run, set_params
+
+
+def digests(repo: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(repo)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted((repo / "data").rglob("*"))
+        if p.is_file()
+    }
+
+
+def repro(repo: Path, *extra: str):
+    return run(["dvc", "repro", *extra, *PREPROCESSING], repo)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    repo = make_project(tmp_path_factory.mktemp("e2e"))
+    repro(repo)
+    return repo
+
+
+def test_every_stage_writes_parquet(built):
+    data = built / "data"
+    for split in ("train", "valid", "test"):
+        n = pq.read_metadata(data / "prepared" / f"{split}.parquet").num_rows
+        assert n > 0
+        for stage in ("pmi", "persona_labels", "congeneric"):
+            assert pq.read_metadata(data / stage / f"{split}.parquet").num_rows == n, stage
+    assert pq.read_metadata(data / "groups" / "train.parquet").num_rows == pq.read_metadata(
+        data / "prepared" / "train.parquet"
+    ).num_rows
+    assert pq.read_metadata(data / "embeddings" / "vectors.parquet").num_rows == pq.read_metadata(
+        data / "prepared" / "vocab.parquet"
+    ).num_rows
+
+
+def test_second_repro_does_nothing(built):
+    out = repro(built).stdout
+    assert "Running stage" not in out, out
+
+
+def test_model_param_change_reruns_no_preprocessing(built):
+    # a section no preprocessing stage reads (the generators' sections come later)
+    set_params(built, {"generate": {"max_len": 7}})
+    out = run(["dvc", "status", *PREPROCESSING], built).stdout
+    assert "changed" not in out, out
+
+
+def test_outputs_are_byte_identical_when_forced(built):
+    before = digests(built)
+    repro(built, "--force")
+    assert digests(built) == before
+
+
+def test_changing_a_stage_param_reruns_only_downstream(built):
+    set_params(built, {"congeneric": {"k_max": 5}})
+    out = repro(built).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"congeneric"}, out
+    set_params(built, {"congeneric": {"k_max": 20}})
+    repro(built)
+
+
+def test_shared_remote_lets_a_clone_skip_preprocessing(built, tmp_path):
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], built)
+    run(["git", "add", "-A"], built)
+    run(["git", "commit", "-qm", "lock and remote"], built)
+    run(["dvc", "push", "--run-cache", *PREPROCESSING], built)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(built), str(clone)], tmp_path)
+    run(["dvc", "pull", "--run-cache", *PREPROCESSING], clone)  # models never ran here
+    out = run(["dvc", "repro", *PREPROCESSING], clone).stdout
+    assert "Running stage" not in out, out
+    assert digests(clone) == digests(built)
+
+
+def test_bad_input_fails_the_stage_with_one_clear_line(tmp_path):
+    repo = make_project(tmp_path)
+    corpus = tmp_path / "corpus" / "valid_self_original_no_cands.txt"
+    lines = corpus.read_text().splitlines()
+    lines[6] = lines[6].replace("\t", " ")  # a dialogue line without its tab
+    corpus.write_text("\n".join(lines) + "\n")
+    proc = run(["dvc", "repro", "prepare"], repo, check=False)
+    assert proc.returncode != 0
+    assert "valid_self_original_no_cands.txt:7" in proc.stderr + proc.stdout
+    assert not (repo / "data" / "prepared").exists()
