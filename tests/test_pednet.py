@@ -257,3 +257,15 @@ def test_pdnet_encodes_repeated_contexts_once_with_the_same_result(data, vocab):
         out, h = model.encoder(model.embeddings(flat), batch.congeneric_mask.reshape(flat.shape))
     assert torch.allclose(state["context"], out.view(state["context"].shape), atol=1e-6)
     assert torch.allclose(state["hidden"][:, -1], h[-1].view(10, 4, -1).mean(1), atol=1e-6)
+
+
+def test_select_none_false_always_picks_a_real_sentence(data, vocab):
+    model, ds = make(data, vocab, select_none=False)
+    model.eval()
+    model.memory = FixedChoice()  # the "no persona" slot wins on even rows
+    batch = ds.collate(list(range(6)))
+    state = model.encode(batch)
+    assert torch.all(state["selected"] >= 0) and torch.all(state["persona_on"])
+    assert torch.all(batch.persona_exists.gather(1, state["selected"].unsqueeze(1)))
+    # The None slot is still a cross-entropy target (column M).
+    assert model.persona_target(batch, state["persona_logits"].shape[1]).max() == state["persona_logits"].shape[1] - 1

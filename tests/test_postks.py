@@ -152,3 +152,10 @@ def test_warm_up_validations_do_not_stop_training(data, tmp_path):
     # Validation NLL cannot improve while only the BOW loss trains; stopping there would
     # end the run before the decoder ever trained.
     assert out["epochs_done"] >= 3
+
+
+def test_bow_output_layer_tied_or_own(data, vocab):
+    own, _ = make(data, vocab, bow_tied=False)
+    assert own.bow.out is not None and own.bow.embeddings is None
+    tied, _ = make(data, vocab, bow_tied=True)
+    assert tied.bow.out is None and tied.bow.embeddings is tied.embeddings

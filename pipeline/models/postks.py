@@ -19,7 +19,9 @@ Decisions where the papers are silent:
   and readout feature), as PostKS feeds its selected knowledge vector; it does not attend
   over the sentence's words.
 - ``kl_detach_posterior`` (default true, Baidu's code): the KL term trains the prior only.
-- The BOW predictor is tanh(W u(p_k)) tied to the word embeddings (the shared Readout).
+- The BOW predictor is tanh(W u(p_k)) through its own output matrix (``bow_tied: false``,
+  as Baidu's separate BOW layer), so the BOW loss does not reshape the decoder's tied
+  output matrix (the word embeddings); ``bow_tied: true`` shares it.
 - The persona encoder is the context encoder (shared weights).
 - ``persona_correct`` counts the prior's argmax against the optimal-persona label, over
   examples whose label is not None (PostKS has no "no persona" choice).
@@ -36,7 +38,7 @@ from pipeline.models import ModelContext, State, register
 from pipeline.models.layers import NEG_INF, Attention, PersonaEncoder, Readout
 from pipeline.models.seq2seq import Seq2Seq
 
-DEFAULTS = {"bow_warmup_epochs": 1, "gumbel_tau": 0.1, "kl_detach_posterior": True}
+DEFAULTS = {"bow_warmup_epochs": 1, "gumbel_tau": 0.1, "kl_detach_posterior": True, "bow_tied": False}
 
 
 @register("postks")
@@ -49,7 +51,7 @@ class PostKS(Seq2Seq):
         self.persona_encoder = PersonaEncoder(self.encoder)
         self.prior_attention = Attention(h, h, "dot")
         self.posterior_query = nn.Linear(2 * h, h)
-        self.bow = Readout(h, self.embeddings, tie=self.params["tie_embeddings"], dropout=self.params["dropout"])
+        self.bow = Readout(h, self.embeddings, tie=self.params["bow_tied"], dropout=self.params["dropout"])
 
     @property
     def warmup_epochs(self) -> int:
