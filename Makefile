@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (see README):
-#   make repro [DATA=../shared/data/personachat]   install everything, run the whole pipeline
+#   make repro [DATA=parlai|<dir>|<tgz>]   install everything, run the whole pipeline
 #   make test                                      install everything, run the tests
 VENV   ?= .venv
 PYTHON ?= python3
@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -c "import torch, dvc, gensim, transformers, bm25s" # fail loudly if the install did not take
 	touch $@
 
-# DATA may be a directory of ParlAI files or a personachat.tgz; without it the stage
-# downloads ParlAI's archive. `dvc exp run -S` records the choice in params.yaml.
+# DATA (optional) overrides fetch.source: a directory of ParlAI files, a personachat.tgz or
+# `parlai` (download). Without it: params.yaml's default, the shared slice.
 repro: install
 	$(BIN)/dvc exp run $(if $(DATA),-S 'fetch.source=$(DATA)')
 

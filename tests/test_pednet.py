@@ -93,7 +93,7 @@ def test_loss_falls_overfitting_a_tiny_set(data, vocab):
 
 def test_cdnet_learns_persona_selection(data, vocab):
     """The memory network fits the optimal-persona labels (None included) of a tiny set."""
-    model, ds = make(data, vocab)
+    model, ds = make(data, vocab, select_none=True)
     batch = ds.collate(list(range(16)))
     labels = batch.persona_label
     assert (labels == -1).any() and (labels >= 0).any()
@@ -125,7 +125,7 @@ class FixedChoice(torch.nn.Module):
 
 
 def test_none_selection_gives_zero_persona_context(data, vocab):
-    model, ds = make(data, vocab)
+    model, ds = make(data, vocab, select_none=True)
     model.eval()
     model.memory = FixedChoice()
     batch = ds.collate(list(range(6)))
