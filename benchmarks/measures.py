@@ -135,3 +135,44 @@ def training(model_name: str = "pednet", steps: int = 20) -> tuple[dict, dict]:
          "target_tokens_per_s": round(tokens / seconds, 1), "achieved_gflops": round(achieved / 1e9, 2),
          "matmul_peak_gflops": round(peak / 1e9, 2), "flops_per_step": flops // max(len(batches) - 1, 1)},
     )
+
+
+def gcl_vs_mle(model_name: str = "seq2seq", rounds: int = 3, steps: int = 6) -> tuple[dict, dict]:
+    """Target tokens/s of contrastive (cached reference scores) vs MLE training of the same
+    model from its trained reference, at each run's own batch size. Blocks of the two
+    alternate so that outside load hits both alike; the ratio is of the medians. Target
+    tokens: MLE the batch's response tokens, GCL every pair of every group (2k + 1 + 2k)."""
+    from pathlib import Path
+
+    from pipeline.dataset import Vocab, batch_indices, load_split
+    from pipeline.gcl import GCLConfig, GroupContrastive
+    from pipeline.train import TrainConfig, load_trained, train_params
+
+    params = load_params()
+    data = Path("data")
+    vocab = Vocab.load(data / "prepared" / "vocab.parquet")
+    model = load_trained(Path("checkpoints") / model_name / "best.pt", vocab).train()
+    ds = load_split("train", vocab, type(model).data_config(model.params), data)
+    gcl = GroupContrastive(GCLConfig.from_params(params["gcl"]),
+                           read_parquet(data / "scored_groups" / "train.parquet"),
+                           read_parquet(data / "reference_scores" / model_name / "train.parquet"), ds)
+    runs = {"mle": (TrainConfig.from_params(train_params(params, model_name)), None),
+            "gcl": (TrainConfig.from_params(train_params(params, f"{model_name}_gcl")), gcl)}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    g = torch.Generator().manual_seed(0)
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (cfg, objective) in runs.items():
+            batches = batch_indices(ds.lengths(), cfg.batch_size, g, cfg.bucket)[: steps + 1]
+            _step(model, optimizer, ds.collate(batches[0]), cfg, objective)  # warm-up
+            start, tokens = time.perf_counter(), 0
+            for index in batches[1:]:
+                tokens += _step(model, optimizer, ds.collate(index), cfg, objective)
+            rates[name].append(tokens / (time.perf_counter() - start))
+    med = {name: float(np.median(r)) for name, r in rates.items()}
+    return (
+        {"gcl_vs_mle_throughput": round(med["gcl"] / med["mle"], 3)},
+        {"model": model_name, "rounds": rounds, "steps": steps,
+         "batch_size": {name: cfg.batch_size for name, (cfg, _) in runs.items()},
+         "median_target_tokens_per_s": {name: round(v, 1) for name, v in med.items()}},
+    )

@@ -115,3 +115,18 @@ def tiny_params(**sections) -> dict:
     for name, values in sections.items():
         params[name] = {**params.get(name, {}), **values}
     return params
+
+
+def build_tiny(name: str, params: dict, data: Path, vocab, split: str = "train", seed: int = 0):
+    """Model ``name`` with ``params`` (its full model params) on the tiny inputs under
+    ``data``, and the split it reads."""
+    import torch
+
+    from pipeline.dataset import load_split
+    from pipeline.models import ModelContext, build_model, get_model_class
+    from pipeline.models.layers import load_embedding_matrix
+
+    ds = load_split(split, vocab, get_model_class(name).data_config(params), data)
+    emb = load_embedding_matrix(Path(data) / "embeddings" / "vectors.parquet", vocab.itos)
+    torch.manual_seed(seed)
+    return build_model(name, params, ModelContext.from_vocab(vocab, emb, ds)), ds

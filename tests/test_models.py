@@ -28,7 +28,7 @@ from pipeline.models.layers import (
     PersonaEncoder,
     load_embedding_matrix,
 )
-from tests.model_inputs import tiny_params, write_model_inputs
+from tests.model_inputs import build_tiny, tiny_params, write_model_inputs
 
 torch.set_num_threads(1)
 MODELS = ["seq2seq", "gpmn"]
@@ -45,12 +45,7 @@ def vocab(data_dir):
 
 
 def make_model(name, data_dir, vocab, seed=0, **overrides):
-    params = model_params(tiny_params(model=overrides), name)
-    cls = get_model_class(name)
-    train = load_split("train", vocab, DataConfig.from_params(params, cls.inputs), data_dir)
-    emb = load_embedding_matrix(data_dir / "embeddings" / "vectors.parquet", vocab.itos)
-    torch.manual_seed(seed)
-    return build_model(name, params, ModelContext.from_vocab(vocab, emb, train)), train
+    return build_tiny(name, model_params(tiny_params(model=overrides), name), data_dir, vocab, seed=seed)
 
 
 # -- dataset -----------------------------------------------------------------------------

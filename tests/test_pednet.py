@@ -10,10 +10,9 @@ import torch
 from pipeline.dataset import Vocab, load_split
 from pipeline.decode import generate_rows, greedy
 from pipeline.io import InputError
-from pipeline.models import ModelContext, build_model
-from pipeline.models.layers import MemoryHops, load_embedding_matrix
+from pipeline.models.layers import MemoryHops
 from pipeline.models.pednet import CDNET, PDNET, PEDNet, choose_task
-from tests.model_inputs import write_model_inputs
+from tests.model_inputs import build_tiny, write_model_inputs
 
 PARAMS = {"hidden": 16, "dropout": 0.0, "k": 3}
 
@@ -29,11 +28,7 @@ def vocab(data):
 
 
 def make(data, vocab, split="train", seed=0, **overrides):
-    params = {**PARAMS, **overrides}
-    ds = load_split(split, vocab, PEDNet.data_config(params), data)
-    emb = load_embedding_matrix(data / "embeddings" / "vectors.parquet", vocab.itos)
-    torch.manual_seed(seed)
-    return build_model("pednet", params, ModelContext.from_vocab(vocab, emb, ds)), ds
+    return build_tiny("pednet", {**PARAMS, **overrides}, data, vocab, split, seed)
 
 
 def test_forward_backward_both_tasks(data, vocab):

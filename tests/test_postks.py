@@ -7,12 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.dataset import Vocab, load_split
+from pipeline.dataset import Vocab
 from pipeline.decode import generate_rows, greedy
-from pipeline.models import ModelContext, build_model
-from pipeline.models.layers import load_embedding_matrix
-from pipeline.models.postks import PostKS
-from tests.model_inputs import write_model_inputs
+from tests.model_inputs import build_tiny, write_model_inputs
 
 PARAMS = {"hidden": 16, "dropout": 0.0, "bow_warmup_epochs": 2}
 
@@ -28,11 +25,7 @@ def vocab(data):
 
 
 def make(data, vocab, split="train", seed=0, **overrides):
-    params = {**PARAMS, **overrides}
-    ds = load_split(split, vocab, PostKS.data_config(params), data)
-    emb = load_embedding_matrix(data / "embeddings" / "vectors.parquet", vocab.itos)
-    torch.manual_seed(seed)
-    return build_model("postks", params, ModelContext.from_vocab(vocab, emb, ds)), ds
+    return build_tiny("postks", {**PARAMS, **overrides}, data, vocab, split, seed)
 
 
 def test_forward_backward(data, vocab):
