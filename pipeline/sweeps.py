@@ -74,7 +74,7 @@ def queue(names: list[str], values: list | None = None) -> list[str]:
     """Queue every point of the sweeps except the baseline's value; returns the names."""
     import dvc.api
 
-    base = dvc.api.params_show()
+    base = dvc.api.params_show(rev="HEAD")
     queued = []
     for name in names:
         sweep = SWEEPS[name]
@@ -104,10 +104,10 @@ def points(name: str, base_params: dict, read=_read_json) -> list[dict]:
     base_value = lookup(base_params, sweep.param)
     path = f"reports/metrics/{sweep.model}.json"
     rows = []
-    for value in sweep.values:
-        rev = None if value == base_value else experiment_name(name, value)
+    for value in sorted({*sweep.values, base_value}):  # the committed run is a point either way
+        rev = "HEAD" if value == base_value else experiment_name(name, value)
         metrics = read(path, rev)
-        rows.append({"value": value, "source": rev or "HEAD", **({k: metrics.get(k) for k in COLUMNS}
+        rows.append({"value": value, "source": rev, **({k: metrics.get(k) for k in COLUMNS}
                                                                    if metrics else {})})
     return rows
 
@@ -164,7 +164,7 @@ def collect(names: list[str], out: Path = Path("reports"), base_params: dict | N
     if base_params is None:
         import dvc.api
 
-        base_params = dvc.api.params_show()
+        base_params = dvc.api.params_show(rev="HEAD")  # the committed run, not the workspace
     tables = {name: points(name, base_params, read) for name in names}
     for name, rows in tables.items():
         write_csv(rows, out / "sweeps" / f"{name}.csv")

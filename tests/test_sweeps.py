@@ -22,14 +22,14 @@ def fake_read(available: dict):
 
 
 def test_points_take_the_baseline_value_from_head_and_the_rest_from_experiments():
-    rows = sweeps.points("k", BASE, fake_read({None: 0.15, "sweep-k-1": 0.01, "sweep-k-20": 0.2}))
+    rows = sweeps.points("k", BASE, fake_read({"HEAD": 0.15, "sweep-k-1": 0.01, "sweep-k-20": 0.2}))
     assert [r["value"] for r in rows] == [1, 5, 10, 15, 20]
     assert [r["source"] for r in rows] == ["sweep-k-1", "sweep-k-5", "sweep-k-10", "HEAD", "sweep-k-20"]
     assert [r.get("persona_f1") for r in rows] == [0.01, None, None, 0.15, 0.2]
 
 
 def test_collect_writes_csv_png_and_table_and_is_deterministic(tmp_path):
-    read = fake_read({None: 0.15, "sweep-k-1": 0.01, "sweep-k-5": 0.05})
+    read = fake_read({"HEAD": 0.15, "sweep-k-1": 0.01, "sweep-k-5": 0.05})
     sweeps.collect(["k"], tmp_path, BASE, read)
     with open(tmp_path / "sweeps" / "k.csv") as f:
         rows = list(csv.DictReader(f))

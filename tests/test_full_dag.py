@@ -1,0 +1,109 @@
+"""End to end: the WHOLE DAG (preprocessing, four generators, MSN, GCL, evaluation, report)
+under the real `dvc` CLI on a tiny corpus with tiny models; a training stage killed with
+SIGKILL and resumed by `dvc repro`; a sweep point run as a real DVC experiment."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.train import load_checkpoint
+from tests.dvc_project import env, make_project, run
+from tests.test_train import assert_same, tensors
+
+MODELS = ("seq2seq", "gpmn", "postks", "pednet", "seq2seq_gcl", "pednet_gcl")
+
+# Tiny everything: the point is the wiring, not the numbers.
+TINY_DAG = {
+    "model": {"hidden": 16, "max_context_tokens": 20, "max_response_tokens": 12},
+    "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "checkpoint_every": 2, "log_every": 2},
+    "postks": {"train": {"epochs": 2}},
+    "pednet": {"k": 3},
+    "msn": {"max_utterances": 3, "max_words": 16, "dim": 8, "selector_hidden": 2, "channels": [2, 2, 2],
+            "match_dim": 6, "gru_hidden": 6, "epochs": 1, "batch_size": 16},
+    "seq2seq_gcl": {"train": {"batch_size": 4, "max_steps": 4, "validate_every": 2, "checkpoint_every": 2}},
+    "pednet_gcl": {"train": {"batch_size": 4, "max_steps": 4, "validate_every": 2, "checkpoint_every": 2}},
+    "generate": {"max_len": 8},
+    "report": {"case_studies": 1},
+}
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def project(tmp: Path, **sections) -> Path:
+    idf = tmp / "idf.tsv"
+    idf.parent.mkdir(parents=True, exist_ok=True)
+    idf.write_text("dog\t3.5\nguitar\t4.0\ni\t0.1\n")
+    return make_project(tmp, params={**TINY_DAG, "evaluate": {"idf": str(idf)}, **sections})
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    repo = project(tmp_path_factory.mktemp("dag"))
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_every_model_is_trained_decoded_evaluated_and_reported(full):
+    for model in MODELS:
+        metrics = json.loads((full / "reports" / "metrics" / f"{model}.json").read_text())
+        assert 0.0 <= metrics["persona_f1"] <= 1.0 and metrics["n_examples"] > 0, model
+        assert (full / "reports" / "generations" / f"{model}.parquet").exists()
+    results = (full / "reports" / "results.md").read_text()
+    assert "not run" not in results and "PEDNet + GCL" in results
+    shown = run(["dvc", "metrics", "show", "--json"], full).stdout
+    assert "reports/metrics/pednet_gcl.json" in shown and "reports/msn.json" in shown
+    assert "Running stage" not in run(["dvc", "repro"], full).stdout  # a no-op now
+
+
+def test_sweep_point_as_a_dvc_experiment(full):
+    run(["git", "add", "-A"], full)
+    run(["git", "commit", "-qm", "baseline"], full)
+    run(["dvc", "exp", "run", "--name", "sweep-k-1", "-S", "pednet.k=1", "evaluate@pednet"], full)
+    code = ("from pipeline import sweeps; t = sweeps.collect(['k']);"
+            "print({r['value']: (r['source'], r.get('persona_f1')) for r in t['k']})")
+    out = subprocess.run([sys.executable, "-c", code], cwd=full, env=env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    table = (full / "reports" / "sweeps.md").read_text()
+    assert "| 1 | " in table and "sweep-k-1" in table and "| 3 | " in table and "HEAD" in table
+    assert (full / "reports" / "sweeps" / "k.png").stat().st_size > 0
+    assert "HEAD" in (full / "reports" / "sweeps" / "k.csv").read_text()
+
+
+@pytest.mark.slow
+def test_killed_training_stage_resumes_under_dvc_repro(tmp_path):
+    """SIGKILL `dvc repro train@pednet` between checkpoints; the rerun resumes from last.pt
+    and ends with the checkpoints and generations of an uninterrupted run."""
+    stage = ["train@pednet", "generate@pednet"]
+    longer = {"train": {**TINY_DAG["train"], "epochs": 3}}
+    reference = project(tmp_path / "ref", **longer)
+    run(["dvc", "repro", *stage], reference)
+    repo = project(tmp_path / "killed", **longer)
+    run(["dvc", "repro", "groups", "persona_labels", "congeneric", "pmi", "embeddings"], repo)
+    last = repo / "checkpoints" / "pednet" / "last.pt"
+    proc = subprocess.Popen(["dvc", "repro", *stage], cwd=repo, env=env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), "no checkpoint before the kill"
+    assert not load_checkpoint(last)["progress"]["finished"], "the run ended before the kill"
+    out = run(["dvc", "repro", *stage], repo)
+    assert "Running stage 'train@pednet'" in out.stdout
+    for name in ("best.pt", "last.pt"):
+        assert_same(tensors(reference / "checkpoints/pednet" / name), tensors(repo / "checkpoints/pednet" / name))
+    rel = "reports/generations/pednet.parquet"
+    assert md5(repo / rel) == md5(reference / rel)
+
