@@ -264,3 +264,18 @@ def test_select_none_false_always_picks_a_real_sentence(data, vocab):
     assert torch.all(batch.persona_exists.gather(1, state["selected"].unsqueeze(1)))
     # The None slot is still a cross-entropy target (column M).
     assert model.persona_target(batch, state["persona_logits"].shape[1]).max() == state["persona_logits"].shape[1] - 1
+
+
+def test_probe_oracle_selection_uses_the_labels(data, vocab):
+    from pipeline.probe import oracle_encode, selection_agreement
+
+    model, ds = make(data, vocab)
+    model.eval()
+    batch = ds.collate(list(range(8)))
+    state = oracle_encode(model, batch)
+    assert torch.equal(state["selected"], batch.persona_label)
+    assert torch.equal(state["persona_on"], batch.persona_label >= 0)
+    rows = [{"selected_persona": s} for s in (0, 1, None, 2)]
+    agree = selection_agreement(rows, [0, 2, -1, -1])
+    assert agree["selection_accuracy"] == 0.5 and agree["selection_accuracy_where_labelled"] == 0.5
+    assert agree["none_selected"] == 0.25 and agree["none_labelled"] == 0.5
