@@ -22,11 +22,12 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from pipeline.io import InputError, progress
+from pipeline.io import InputError, atomic_path, progress
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
+IDF = Path("data/persona_idf/idf.tsv")
 _CHUNK = 1 << 20
 
 
@@ -207,3 +208,17 @@ def fetch(params: dict, out: Path, root: Path) -> list[str]:
     if src.is_dir():
         return copy_directory(src, out, include)
     return extract_archive(src, out, include)
+
+
+def copy_idf(source: str, out: Path, root: Path) -> Path:
+    """Copy the ``word<TAB>idf`` table at ``source`` (relative to ``root``) to ``out``; the
+    evaluate stage parses it (and names file and line of any bad one)."""
+    src = Path(source).expanduser()
+    src = src if src.is_absolute() else root / src
+    if not src.is_file():
+        raise InputError(src, "fetch.idf: no such file (the Persona Coverage idf table, e.g. "
+                              "../shared/data/persona_idf/convai2_vocab_idf.tsv)")
+    with atomic_path(out) as tmp:
+        shutil.copyfile(src, tmp)
+    log.info("wrote %s (%d bytes, from %s)", out, out.stat().st_size, src)
+    return out

@@ -38,6 +38,7 @@ METRIC_KEYS = (
 
 # idf of a word absent from the table: the value the table gives a word of GloVe rank
 # ~400,000 (../shared/data/README.md), i.e. the rarest words weigh the most.
+PERSONA_IDF = "data/persona_idf/idf.tsv"  # the fetch stage copies params fetch.idf here
 IDF_MISSING = 0.58829
 
 

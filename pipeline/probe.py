@@ -63,7 +63,7 @@ def probe(model_name: str, split: str = "test", data_dir: Path = Path("data")) -
     dataset = load_split(split, vocab, type(model).data_config(model.params), data_dir)
     labels = [int(x) for x in dataset.collate(list(range(len(dataset)))).persona_label.tolist()]
     p, e = load_params("generate"), load_params("evaluate")
-    idf = metrics.load_idf(e["idf"])
+    idf = metrics.load_idf(metrics.PERSONA_IDF)
     out: dict = {"model": model_name, "split": split, "examples": len(dataset)}
     for name in ("model", "oracle"):
         if name == "oracle":

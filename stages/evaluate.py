@@ -37,12 +37,12 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     gen = metrics.read_generations(generations_path(args.model))
-    idf = metrics.load_idf(p["idf"])
+    idf = metrics.load_idf(metrics.PERSONA_IDF)
     stats = metrics.load_training_stats(TRAIN)
     vectors = metrics.load_word_vectors(VECTORS, stats, p["embedding_a"])
     log.info(
         "%s: %d generations; idf table %s (%d words, %.5f for others); %d word vectors",
-        args.model, len(gen["hypothesis"]), p["idf"], len(idf), p["idf_missing"], len(vectors.index),
+        args.model, len(gen["hypothesis"]), metrics.PERSONA_IDF, len(idf), p["idf_missing"], len(vectors.index),
     )  # fmt: skip
     result = metrics.evaluate(
         hypotheses=gen["hypothesis"],

@@ -1,11 +1,12 @@
-"""Stage `fetch`: ParlAI's personachat.tgz (or a local copy) -> data/raw/*.txt."""
+"""Stage `fetch`: ParlAI's personachat.tgz (or a local copy) -> data/raw/*.txt, and the
+Persona Coverage idf table (``fetch.idf``) -> data/persona_idf/idf.tsv."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from pipeline.fetch import fetch
+from pipeline.fetch import IDF, copy_idf, fetch
 from pipeline.io import atomic_dir, load_params, run_stage
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,8 @@ def main() -> None:
         names = fetch(p, tmp, root=Path.cwd())
     total = sum((OUT / n).stat().st_size for n in names)
     log.info("wrote %s: %d files, %d bytes (%s)", OUT, len(names), total, ", ".join(names))
+    if p.get("idf"):
+        copy_idf(p["idf"], IDF, root=Path.cwd())
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def make_project(tmp: Path, corpus_sizes=(24, 8, 8), seed: int = 0, params: dict
     for pkg in ("pipeline", "stages"):
         shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     (repo / ".gitignore").write_text("/data/\n/checkpoints/\n__pycache__/\n")
-    overrides = {"fetch": {"source": str(corpus)}, **TINY_PARAMS, **(params or {})}
+    idf = tmp / "idf.tsv"  # stands in for ../shared's Persona Coverage table
+    idf.write_text("dog\t3.5\nguitar\t4.0\ni\t0.1\n")
+    overrides = {"fetch": {"source": str(corpus), "idf": str(idf)}, **TINY_PARAMS, **(params or {})}
     set_params(repo, overrides)
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "ci@example.com"], repo)

@@ -290,3 +290,15 @@ def test_stage_fails_cleanly(tmp_path, case):
     assert lines[-1].startswith(f"error: {source}: "), r.stderr
     assert os.listdir(repo) == ["params.yaml"]  # no data/, no data/raw, no temporary folder
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_stage_copies_the_idf_table_or_names_a_missing_one(tmp_path):
+    write_corpus(tmp_path / "corpus", sizes=(2, 1, 1))
+    (tmp_path / "idf.tsv").write_text("dog\t0.16\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    r = run_fetch(repo, {"source": "../corpus", "idf": "../idf.tsv"})
+    assert r.returncode == 0, r.stderr
+    assert (repo / "data/persona_idf/idf.tsv").read_text() == "dog\t0.16\n"
+    r = run_fetch(repo, {"source": "../corpus", "idf": "../nowhere.tsv"})
+    assert r.returncode == 2 and "nowhere.tsv: fetch.idf: no such file" in r.stderr.strip().splitlines()[-1]

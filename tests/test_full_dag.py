@@ -41,10 +41,7 @@ def md5(path: Path) -> str:
 
 
 def project(tmp: Path, **sections) -> Path:
-    idf = tmp / "idf.tsv"
-    idf.parent.mkdir(parents=True, exist_ok=True)
-    idf.write_text("dog\t3.5\nguitar\t4.0\ni\t0.1\n")
-    return make_project(tmp, params={**TINY_DAG, "evaluate": {"idf": str(idf)}, **sections})
+    return make_project(tmp, params={**TINY_DAG, **sections})
 
 
 @pytest.fixture(scope="module")

@@ -252,8 +252,9 @@ def _project(root: Path, hypotheses=None) -> Path:
     rng = np.random.default_rng(0)
     write_parquet(to_table(vocab, rng.normal(size=(len(vocab), 8)).astype(np.float32)),
                   root / "data/embeddings/vectors.parquet")  # fmt: skip
-    (root / "idf.tsv").write_text("dog\t0.16\nguitar\t0.17\n", encoding="utf-8")
-    write_params(root, evaluate={"idf": "idf.tsv"})
+    (root / "data/persona_idf").mkdir(parents=True)
+    (root / "data/persona_idf/idf.tsv").write_text("dog\t0.16\nguitar\t0.17\n", encoding="utf-8")
+    write_params(root, evaluate={})
     test = read_parquet(root / "data/prepared/test.parquet").to_pydict()
     if hypotheses is None:
         r = random.Random(1)
