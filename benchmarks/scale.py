@@ -27,16 +27,29 @@ def replicate_corpus(src: Path, dst: Path, factor: int) -> Path:
     return dst
 
 
+# Linux starts a forked child's peak RSS at its parent's (kept across exec), so a stage
+# started from this (large) process would report our RSS. A small trampoline process
+# forks the stage instead and prints the stage's own peak RSS (KiB).
+_TRAMPOLINE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(cmd: list[str], cwd: Path, env: dict) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of one child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", _TRAMPOLINE, *cmd], cwd=cwd, env=env, capture_output=True)
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss * 1024  # Linux reports kilobytes
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.decode()[-2000:]}")
+    return seconds, int(proc.stdout.split()[-1]) * 1024  # Linux reports kilobytes
 
 
 def scale_project(workdir: Path, raw: Path, factor: int) -> Path:
@@ -49,6 +62,8 @@ def scale_project(workdir: Path, raw: Path, factor: int) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     corpus = replicate_corpus(raw, workdir / f"corpus_x{factor}", factor)
     params["fetch"]["source"] = str(corpus)
+    if params["fetch"].get("idf"):  # relative to this checkout, not to the scratch project
+        params["fetch"]["idf"] = str((ROOT / params["fetch"]["idf"]).resolve())
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return project
 
