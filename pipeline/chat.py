@@ -75,8 +75,9 @@ def normalize_persona(text: str) -> str:
     return normalize(tokenize(text), persona=True)
 
 
-def resolve_checkpoint(model: str, checkpoints: Path = CHECKPOINTS) -> Path:
-    """A checkpoint file, a run directory (its best.pt) or a run name (checkpoints/<name>/best.pt)."""
+def resolve_checkpoint(model: str, checkpoints: Path = CHECKPOINTS, seed: int = 1) -> Path:
+    """A checkpoint file, a run directory (its best.pt) or a run name
+    (checkpoints/<name>/seed<seed>/best.pt)."""
     path = Path(model)
     if path.is_dir():
         if not (path / "best.pt").exists():
@@ -84,9 +85,9 @@ def resolve_checkpoint(model: str, checkpoints: Path = CHECKPOINTS) -> Path:
         return path / "best.pt"
     if path.exists() or path.suffix or len(path.parts) > 1:
         return path
-    run = checkpoints / model / "best.pt"
+    run = checkpoints / model / f"seed{seed}" / "best.pt"
     if not run.exists():
-        known = sorted(p.parent.name for p in checkpoints.glob("*/best.pt"))
+        known = sorted(f"{p.parent.parent.name} ({p.parent.name})" for p in checkpoints.glob("*/seed*/best.pt"))
         raise InputError(run, f"no trained model {model!r} (trained: {', '.join(known) or 'none'})")
     return run
 
@@ -306,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.chat", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
-                        help="checkpoint file, run directory, or run name (pednet -> checkpoints/pednet/best.pt)")
+                        help="checkpoint file, run directory, or run name (pednet -> checkpoints/pednet/seed1/best.pt)")
+    parser.add_argument("--seed", type=int, default=1, help="which training seed of a run name (default 1)")
     parser.add_argument("--persona", action="append", default=[], metavar="SENTENCE",
                         help="a persona sentence (repeat for more)")
     parser.add_argument("--persona-file", type=Path, help="persona sentences, one per line")
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("--device", "cuda requested but CUDA is not available")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
 
-    checkpoint = resolve_checkpoint(args.model)
+    checkpoint = resolve_checkpoint(args.model, seed=args.seed)
     vocab_path = args.data / "prepared" / "vocab.parquet"
     if not vocab_path.exists():
         raise InputError(vocab_path, "missing: the vocabulary the model was trained with (run the prepare "

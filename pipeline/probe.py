@@ -52,8 +52,8 @@ def selection_agreement(rows: list[dict], labels: list[int]) -> dict[str, float]
     }
 
 
-def probe(model_name: str, split: str = "test", data_dir: Path = Path("data")) -> dict:
-    best = Path("checkpoints") / model_name / "best.pt"
+def probe(model_name: str, split: str = "test", data_dir: Path = Path("data"), seed: int = 1) -> dict:
+    best = Path("checkpoints") / model_name / f"seed{seed}" / "best.pt"
     if not best.exists():
         raise InputError(best, "no trained model (run `dvc repro` first)")
     vocab = Vocab.load(data_dir / "prepared" / "vocab.parquet")
@@ -85,10 +85,11 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a run under checkpoints/ whose model selects a persona sentence (pednet)")
     ap.add_argument("--split", default="test")
+    ap.add_argument("--seed", type=int, default=1, help="training seed of the run")
     ap.add_argument("--data", default="data")
     ap.add_argument("--out", help="default: reports/probes/<model>.json")
     args = ap.parse_args(argv)
-    result = probe(args.model, args.split, Path(args.data))
+    result = probe(args.model, args.split, Path(args.data), args.seed)
     write_json(result, args.out or f"reports/probes/{args.model}.json")
     for name in ("model", "oracle"):
         print(f"{name:>6} selection: " + ", ".join(f"{k} {v:.4f}" for k, v in result[name].items()))

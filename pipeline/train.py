@@ -2,7 +2,7 @@
 
 Adam, gradient-norm clipping, ReduceLROnPlateau on validation NLL, early stopping, the
 best checkpoint for generation and a resumable checkpoint for interruptions, dvclive
-curves, CUDA + bf16 autocast when present (CPU fp32 otherwise), DistributedDataParallel
+curves, bf16 autocast on CPU and CUDA (``precision``; fp32 on request), DistributedDataParallel
 under ``torchrun`` (gloo on CPU, nccl on CUDA).
 
 Files in ``checkpoints/<run>/``:
@@ -50,13 +50,28 @@ from pipeline.dataset import (
     load_split,
     shard,
 )
-from pipeline.io import InputError, atomic_path, progress
+from pipeline.io import InputError, atomic_path, progress, write_json
 from pipeline.models import Generator, ModelContext, build_model, get_model_class, model_params, perplexity
 from pipeline.models.layers import load_embedding_matrix
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+PRECISIONS = ("bf16", "fp32")
+# Validation criteria: what LR decay, early stopping and best.pt follow. "persona_nll" is the
+# PEDNet authors' 0.7 persona CE + 0.3 NLL (models without a persona CE cannot use it).
+CRITERIA = {"nll": None, "persona_nll": (0.7, 0.3)}
+STOP_REASONS = ("early_stopping", "max_epochs", "max_steps", "lr_floor")
+
+
+def run_dirs(run: str, seed: int) -> tuple[Path, Path]:
+    """checkpoints/<run>/seed<k> and dvclive/<run>/seed<k>: one directory per training seed."""
+    return Path("checkpoints") / run / f"seed{seed}", Path("dvclive") / run / f"seed{seed}"
+
+
+def training_record_path(run: str, seed: int) -> Path:
+    """reports/training/<run>/seed<k>.json: how the run ended (collected into reports/training.json)."""
+    return Path("reports") / "training" / run / f"seed{seed}.json"
 Objective = Callable[..., dict]
 
 
@@ -72,20 +87,58 @@ class TrainConfig:
     lr_patience: int = 1  # validations without improvement before the LR drops
     lr_floor: float = 1e-5
     validate_every: int = 0  # optimizer steps; 0 = at the end of every epoch
-    early_stopping: int = 3  # validations without improvement; 0 = never stop early
+    early_stopping: int = 2  # validations without improvement; 0 = never stop early
+    min_lr_decays: int = 1  # early stopping waits for this many LR decays (converged, not just stalled)
+    criterion: str = "nll"  # validation criterion of LR decay, early stopping and best.pt (CRITERIA)
     checkpoint_every: int = 100  # optimizer steps between resumable checkpoints (and at validations)
     max_steps: int = 0  # 0 = no limit (tests, smoke runs)
     log_every: int = 20  # steps between train-loss points on the curves
     bucket: bool = True  # batch similar lengths together (less padding)
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    precision: str = "bf16"  # bf16 (autocast: matmuls and GRUs in bf16, states/losses fp32) | fp32
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         if unknown := set(params) - known:
             raise InputError("params.yaml", f"unknown train params {sorted(unknown)}")
-        return cls(**params)
+        try:
+            cfg = cls(**params)
+        except TypeError as e:
+            raise InputError("params.yaml", f"train: {e}") from None
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Every value in range, one line per mistake (no traceback later in the loop)."""
+        def bad(key: str, why: str):
+            raise InputError("params.yaml", f"train.{key} {why}, got {getattr(self, key)!r}")
+
+        for key in ("seed", "epochs", "batch_size", "eval_batch_size", "lr_patience", "validate_every",
+                    "early_stopping", "min_lr_decays", "checkpoint_every", "max_steps", "log_every"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                bad(key, "must be an integer")
+        for key in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, key) < 1:
+                bad(key, "must be >= 1")
+        for key in ("lr_patience", "validate_every", "early_stopping", "min_lr_decays", "max_steps", "seed"):
+            if getattr(self, key) < 0:
+                bad(key, "must be >= 0")
+        for key in ("lr", "clip", "lr_factor", "lr_floor"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                bad(key, "must be a number >= 0")
+        if not self.lr > 0:
+            bad("lr", "must be > 0")
+        if not 0 < self.lr_factor < 1:
+            bad("lr_factor", "must be in (0, 1)")
+        if self.precision not in PRECISIONS:
+            bad("precision", f"must be one of {PRECISIONS}")
+        if self.criterion not in CRITERIA:
+            bad("criterion", f"must be one of {sorted(CRITERIA)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad("device", "must be auto, cpu or cuda")
 
 
 def train_params(all_params: dict, run: str) -> dict:
@@ -130,9 +183,11 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def autocast(device: torch.device, enabled: bool):
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, precision: str = "bf16"):
+    """bf16 autocast on CPU and CUDA (CPU: AVX-512-bf16/AMX matmuls, 4-7x fp32's FLOP/s);
+    ``fp32``: none."""
+    if precision == "bf16" and device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -207,31 +262,45 @@ def _restore_rng(rng: dict, d: Dist, device: torch.device) -> None:
 # -- evaluation --------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: Generator, dataset: DialogueDataset, batch_size: int, device: torch.device,
-             amp: bool = True, d: Dist | None = None) -> dict[str, float]:
-    """Token-level NLL/perplexity (and persona-selection accuracy) on a split; sharded
-    over ranks and summed."""
+             precision: str = "bf16", d: Dist | None = None) -> dict[str, float]:
+    """Token-level NLL/perplexity (and persona-selection accuracy and cross-entropy) on a
+    split; sharded over ranks and summed."""
     d = d or Dist()
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # nll_sum, n_tokens, persona_correct, persona_total
+    # nll_sum, n_tokens, persona_correct, persona_total, persona_ce_sum, n_examples
+    sums = torch.zeros(6, dtype=torch.float64)
     batches = shard(batch_indices(dataset.lengths(), batch_size), d.rank, d.world, equal=False)
     for index in batches:
         batch = dataset.collate(index).to(device)
-        with autocast(device, amp):
+        with autocast(device, precision):
             out = model.loss(batch)
-        sums += torch.tensor([float(out["nll_sum"]), float(out["n_tokens"]),
-                              float(out.get("persona_correct", 0)), float(out.get("persona_total", 0))],
-                             dtype=torch.float64)
+        ce = float(out["persona_ce"]) * batch.size if "persona_ce" in out else math.nan
+        sums += torch.tensor([float(out["nll_sum"]), float(out["n_tokens"]), float(out.get("persona_correct", 0)),
+                              float(out.get("persona_total", 0)), ce, batch.size], dtype=torch.float64)
     if d.world > 1:
         sums = sums.to(device)
         dist.all_reduce(sums)
         sums = sums.cpu()
     model.train(was_training)
-    nll_sum, n_tokens, correct, total = sums.tolist()
+    nll_sum, n_tokens, correct, total, ce_sum, n = sums.tolist()
     metrics = {"nll": nll_sum / max(n_tokens, 1), "ppl": perplexity(nll_sum, n_tokens)}
     if total > 0:
         metrics["persona_acc"] = correct / total
+    if not math.isnan(ce_sum):
+        metrics["persona_ce"] = ce_sum / max(n, 1)
     return metrics
+
+
+def criterion_value(metrics: dict[str, float], criterion: str, model_name: str) -> float:
+    """The validation number that LR decay, early stopping and best.pt follow (lower = better)."""
+    weights = CRITERIA[criterion]
+    if weights is None:
+        return metrics["nll"]
+    if "persona_ce" not in metrics:
+        raise InputError("params.yaml", f"train.criterion={criterion} needs a persona cross-entropy, "
+                                        f"which {model_name} does not compute (use nll)")
+    return weights[0] * metrics["persona_ce"] + weights[1] * metrics["nll"]
 
 
 # -- the loop ----------------------------------------------------------------------------
@@ -240,10 +309,14 @@ class Progress:
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of `epoch` already done
     step: int = 0
-    best_val: float = math.inf
+    best_val: float = math.inf  # best validation criterion
+    best_nll: float = math.inf  # validation NLL at that point
     best_step: int = -1
+    best_epoch: int = -1
     bad_validations: int = 0
     validated_at: int = -1
+    lr_decays: int = 0
+    stopped: str = ""  # STOP_REASONS
     finished: bool = False
 
 
@@ -263,15 +336,28 @@ def train(
     objective: Objective = mle,
     fingerprint_extra: dict | None = None,
     init_from: str | Path | None = None,
+    seed: int | None = None,
+    record_path: str | Path | None = None,
 ) -> dict:
     """Train ``model_name`` (architecture) as run ``run_name`` (dirs, params overrides;
-    default the model name). ``init_from``: a best.pt whose weights a fresh run starts
-    from (GCL's target starts as its MLE reference). Returns a summary dict (rank 0's view)."""
+    default the model name). ``seed`` overrides ``train.seed`` (the seed matrix of dvc.yaml);
+    the default directories are ``run_dirs(run, seed)``. ``init_from``: a best.pt whose
+    weights a fresh run starts from (GCL's target starts as its MLE reference). Writes
+    ``record_path`` (default ``training_record_path``, or training.json beside checkpoints in
+    a ``checkpoint_dir`` given): epochs, steps, best validation
+    PPL, LR decays and why training stopped. Returns a summary dict (rank 0's view)."""
     run = run_name or model_name
     data_dir = Path(data_dir)
-    ckpt_dir = Path(checkpoint_dir or Path("checkpoints") / run)
-    live_dir = Path(live_dir or Path("dvclive") / run)
-    cfg = TrainConfig.from_params(train_params(all_params, run))
+    tp = train_params(all_params, run)
+    if seed is not None:
+        tp = {**tp, "seed": seed}
+    cfg = TrainConfig.from_params(tp)
+    default_ckpt, default_live = run_dirs(run, cfg.seed)
+    ckpt_dir = Path(checkpoint_dir or default_ckpt)
+    live_dir = Path(live_dir or default_live)
+    # Outside the default layout (tests, notebooks) the record goes beside the checkpoints.
+    record_path = Path(record_path or (training_record_path(run, cfg.seed) if checkpoint_dir is None
+                                       else ckpt_dir / "training.json"))
     mparams = model_params(all_params, model_name)
     if run != model_name:  # e.g. seq2seq_gcl: its section may override backbone keys too
         mparams.update({k: v for k, v in (all_params.get(run) or {}).items() if k in mparams})
@@ -295,6 +381,8 @@ def train(
             resume = None
     if resume is not None and resume["progress"]["finished"] and best_path.exists():
         log.info("%s: training already finished with these params and data; nothing to do", last_path)
+        if d.main:
+            write_json(resume["summary"], record_path)
         if d.world > 1:
             dist.destroy_process_group()
         return {"resumed": True, "skipped": True, **resume["summary"]}
@@ -320,11 +408,11 @@ def train(
         scheduler.load_state_dict(resume["scheduler"])
         _restore_rng(resume["rng"], d, device)
         prog = Progress(**resume["progress"])
-        log.info("resuming %s from %s: epoch %d, batch %d, step %d, best val NLL %.4f",
+        log.info("resuming %s from %s: epoch %d, batch %d, step %d, best val criterion %.4f",
                  run, last_path, prog.epoch, prog.batch_in_epoch, prog.step, prog.best_val)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s: %d trainable parameters on %s (world %d)%s", run, n_params, device, d.world,
-             ", bf16 autocast" if device.type == "cuda" and cfg.amp else "")
+             f", {cfg.precision}")
 
     net: nn.Module = model
     if d.world > 1:
@@ -343,8 +431,11 @@ def train(
         live = Live(dir=str(live_dir), resume=resume is not None, dvcyaml=None, save_dvc_exp=False)
 
     def summary() -> dict:
-        return {"best_val_nll": prog.best_val, "best_val_ppl": perplexity(prog.best_val, 1.0),
-                "best_step": prog.best_step, "steps": prog.step, "epochs_done": prog.epoch}
+        return {"best_val_nll": prog.best_nll, "best_val_ppl": perplexity(prog.best_nll, 1.0),
+                "best_val_criterion": prog.best_val, "criterion": cfg.criterion, "best_step": prog.best_step,
+                "best_epoch": prog.best_epoch, "steps": prog.step, "epochs": prog.epoch,
+                "lr_decays": prog.lr_decays, "final_lr": optimizer.param_groups[0]["lr"],
+                "stopped": prog.stopped, "precision": cfg.precision, "seed": cfg.seed}
 
     def save_last() -> None:
         rng = _gather_rng(d, device)
@@ -358,36 +449,48 @@ def train(
     def validate() -> bool:
         """Validate, step the LR schedule, keep the best; True = stop early."""
         started = time.perf_counter()
-        metrics = evaluate(model, valid_ds, cfg.eval_batch_size, device, cfg.amp, d)
+        metrics = evaluate(model, valid_ds, cfg.eval_batch_size, device, cfg.precision, d)
         eval_seconds[0] += time.perf_counter() - started  # kept out of the training throughput
+        value = criterion_value(metrics, cfg.criterion, model_name)
         prog.validated_at = prog.step
         # The epoch of the last step; during a model's warm-up (PostKS: BOW only, the decoder
-        # untrained) validation NLL neither drives the LR schedule nor counts toward stopping.
-        warm = (prog.epoch if prog.batch_in_epoch else prog.epoch - 1) < model.warmup_epochs
+        # untrained) validation neither drives the LR schedule nor counts toward stopping.
+        epoch = prog.epoch if prog.batch_in_epoch else prog.epoch - 1
+        warm = epoch < model.warmup_epochs
+        lr_before = optimizer.param_groups[0]["lr"]
         if not warm:
-            scheduler.step(metrics["nll"])
-        improved = metrics["nll"] < prog.best_val
+            scheduler.step(value)
+        lr = optimizer.param_groups[0]["lr"]
+        prog.lr_decays += lr < lr_before
+        improved = value < prog.best_val
         if improved:
-            prog.best_val, prog.best_step, prog.bad_validations = metrics["nll"], prog.step, 0
+            prog.best_val, prog.best_nll, prog.best_step, prog.best_epoch = value, metrics["nll"], prog.step, epoch
+            prog.bad_validations = 0
             if d.main:
                 save_checkpoint({"format": CHECKPOINT_FORMAT, "fingerprint": fp, "model_name": model_name,
                                  "run": run, "model_params": model.params, "model": model.state_dict(),
-                                 "step": prog.step, "epoch": prog.epoch, "val_nll": metrics["nll"]}, best_path)
+                                 "step": prog.step, "epoch": epoch, "val_nll": metrics["nll"],
+                                 "val_criterion": value}, best_path)
         elif not warm:
             prog.bad_validations += 1
-        lr = optimizer.param_groups[0]["lr"]
-        log.info("step %d epoch %d: val NLL %.4f ppl %.2f%s lr %.2g%s", prog.step, prog.epoch, metrics["nll"],
+        log.info("step %d epoch %d: val NLL %.4f ppl %.2f%s%s lr %.2g%s", prog.step, epoch, metrics["nll"],
                  metrics["ppl"], f" persona acc {metrics['persona_acc']:.3f}" if "persona_acc" in metrics else "",
+                 f" {cfg.criterion} {value:.4f}" if cfg.criterion != "nll" else "",
                  lr, " (best)" if improved else "")
         if live is not None:
             live.step = prog.step
             for k, v in metrics.items():
                 live.log_metric(f"val/{k}", v)
+            live.log_metric("val/criterion", value)
             live.log_metric("lr", lr)
-            live.log_metric("best/val_nll", prog.best_val, plot=False)
-            live.log_metric("best/val_ppl", perplexity(prog.best_val, 1.0), plot=False)
+            live.log_metric("best/val_nll", prog.best_nll, plot=False)
+            live.log_metric("best/val_ppl", perplexity(prog.best_nll, 1.0), plot=False)
+            live.log_metric("best/val_criterion", prog.best_val, plot=False)
             live.make_summary()
-        return bool(cfg.early_stopping) and prog.bad_validations >= cfg.early_stopping
+        # Converged: no improvement for `early_stopping` validations, at least `min_lr_decays`
+        # LR decays behind us (a plateau at the first LR is not convergence).
+        return (bool(cfg.early_stopping) and prog.bad_validations >= cfg.early_stopping
+                and prog.lr_decays >= cfg.min_lr_decays)
 
     stop = False
     running, running_n, tokens, t0 = 0.0, 0, 0, time.perf_counter()
@@ -400,7 +503,7 @@ def train(
                        disable=not d.main or bool(os.environ.get("PIPELINE_NO_PROGRESS")))
         for i in range(prog.batch_in_epoch, len(batches)):
             batch = train_ds.collate(batches[i]).to(device)
-            with autocast(device, cfg.amp):
+            with autocast(device, cfg.precision):
                 out = objective(net, batch, epoch=prog.epoch, step=prog.step)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
@@ -423,9 +526,9 @@ def train(
                 eval_seconds[0] = 0.0
             at_end = cfg.max_steps and prog.step >= cfg.max_steps
             if cfg.validate_every and prog.step % cfg.validate_every == 0 and validate():
-                stop = True
-            if at_end:
-                stop = True
+                stop, prog.stopped = True, "early_stopping"
+            if at_end and not stop:
+                stop, prog.stopped = True, "max_steps"
             if stop or prog.step % cfg.checkpoint_every == 0 or (cfg.validate_every and
                                                                  prog.step % cfg.validate_every == 0):
                 save_last()
@@ -436,16 +539,23 @@ def train(
             break
         prog.epoch, prog.batch_in_epoch = prog.epoch + 1, 0
         if not cfg.validate_every and validate():
-            stop = True
+            stop, prog.stopped = True, "early_stopping"
         save_last()
 
     if prog.validated_at != prog.step or not best_path.exists():
-        validate()
+        if validate() and not prog.stopped:
+            prog.stopped = "early_stopping"
+    prog.stopped = prog.stopped or "max_epochs"
+    if prog.stopped != "early_stopping":
+        log.warning("%s stopped at %s (epoch %d, %d LR decays) before early stopping fired: it may not "
+                    "have converged", run, prog.stopped, prog.epoch, prog.lr_decays)
     prog.finished = True
     save_last()
     if live is not None:
         live.log_metric("best/step", prog.best_step, plot=False)
         live.end()
+    if d.main:
+        write_json(summary(), record_path)
     result = {"resumed": resume is not None, "skipped": False, **summary()}
     log.info("%s finished: %s", run, json.dumps(result))
     if d.world > 1:

@@ -1,7 +1,9 @@
-"""Decode the test split with a trained generator: ``python -m stages.generate <model>``.
+"""Decode the test split with a trained generator:
+``python -m stages.generate <run> --seed K`` (dvc stage ``generate@<run>-<K>``).
 
-Reads params `generate` and checkpoints/<model>/best.pt; writes
-reports/generations/<model>.parquet (schema.GENERATIONS, one row per test turn).
+Reads params `generate` and checkpoints/<run>/seed<K>/best.pt; writes
+reports/generations/<run>/seed<K>.parquet (schema.GENERATIONS, one row per test turn),
+tracked in git so that a clone can re-score what each model said.
 """
 
 from __future__ import annotations
@@ -17,20 +19,25 @@ from pipeline import schema
 from pipeline.dataset import Vocab, load_split
 from pipeline.decode import generate_rows
 from pipeline.io import InputError, load_params, run_stage, write_parquet
-from pipeline.train import load_trained
+from pipeline.train import PRECISIONS, autocast, load_trained, run_dirs
 
 log = logging.getLogger(__name__)
 
 
+def generations_path(run: str, seed: int) -> Path:
+    return Path("reports") / "generations" / run / f"seed{seed}.parquet"
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model", help="seq2seq | gpmn | postks | pednet (a checkpoints/<model> run)")
+    parser.add_argument("model", help="a run under checkpoints/: seq2seq | gpmn | postks | pednet | seq2seq_gcl ...")
+    parser.add_argument("--seed", type=int, default=1, help="training seed (checkpoints/<run>/seed<K>)")
     parser.add_argument("--data", default="data")
     parser.add_argument("--split", default="test")
     args = parser.parse_args(argv)
     p = load_params("generate")
     data_dir = Path(args.data)
-    best = Path("checkpoints") / args.model / "best.pt"
+    best = run_dirs(args.model, args.seed)[0] / "best.pt"
     if not best.exists():
         raise InputError(best, "no trained model (run the train stage first)")
     device = torch.device("cuda" if p.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
@@ -38,12 +45,16 @@ def main(argv: list[str] | None = None) -> Path:
     vocab = Vocab.load(data_dir / "prepared" / "vocab.parquet")
     model = load_trained(best, vocab, device)
     dataset = load_split(args.split, vocab, type(model).data_config(model.params), data_dir)
-    rows = generate_rows(model, dataset, method=p["method"], beam_size=p["beam_size"], max_len=p["max_len"],
-                         length_penalty=p.get("length_penalty", 0.0), batch_size=p["batch_size"], device=device)
+    if p.get("precision", "bf16") not in PRECISIONS:
+        raise InputError("params.yaml", f"generate.precision must be one of {PRECISIONS}, got {p['precision']!r}")
+    with autocast(device, p.get("precision", "bf16")):
+        rows = generate_rows(model, dataset, method=p["method"], beam_size=p["beam_size"], max_len=p["max_len"],
+                             length_penalty=p.get("length_penalty", 0.0), batch_size=p["batch_size"],
+                             device=device)
     empty = sum(not r["hypothesis"] for r in rows)
     log.info("%s: %d %s generations (%s), %d empty", args.model, len(rows), args.split, p["method"], empty)
     return write_parquet(pa.Table.from_pylist(rows, schema=schema.GENERATIONS),
-                         Path("reports") / "generations" / f"{args.model}.parquet")
+                         generations_path(args.model, args.seed))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 from pipeline.dataset import Vocab, load_split
 from pipeline.gcl import reference_log_probs
 from pipeline.io import InputError, load_params, read_parquet, run_stage, write_parquet
-from pipeline.train import load_trained
+from pipeline.train import autocast, load_trained, run_dirs
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,15 @@ log = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model", help="the reference: seq2seq | pednet (a checkpoints/<model> run)")
+    parser.add_argument("--seed", type=int, default=1, help="training seed of the reference (checkpoints/<model>/seed<K>)")
     parser.add_argument("--data", default="data")
     args = parser.parse_args(argv)
     p = load_params("reference_scores")
     data_dir = Path(args.data)
-    best = Path("checkpoints") / args.model / "best.pt"
+    best = run_dirs(args.model, args.seed)[0] / "best.pt"
+    # Scored in the precision the target trains in, so that D = log p - log p_ref has no
+    # bf16-vs-fp32 offset.
+    precision = load_params("train")["precision"]
     if not best.exists():
         raise InputError(best, "no trained reference model (run the train stage first)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -38,12 +42,13 @@ def main(argv: list[str] | None = None) -> Path:
     model = load_trained(best, vocab, device)  # eval mode: no dropout, like the paper's frozen reference
     dataset = load_split("train", vocab, type(model).data_config(model.params), data_dir)
     groups = read_parquet(data_dir / "scored_groups" / "train.parquet")
-    table = reference_log_probs(model, dataset, groups, p["batch_size"], device)
+    with autocast(device, precision):
+        table = reference_log_probs(model, dataset, groups, p["batch_size"], device)
     pos = np.concatenate([np.asarray(x) for x in table.column("positive_log_probs").to_pylist()])
     log.info("%s reference: %d pairs, mean log p of the original pairs %.3f", args.model,
              len(pos) + sum(len(x) for x in table.column("negative_log_probs").to_pylist()),
              float(np.mean([x[0] for x in table.column("positive_log_probs").to_pylist()])))
-    return write_parquet(table, data_dir / "reference_scores" / args.model / "train.parquet")
+    return write_parquet(table, data_dir / "reference_scores" / args.model / f"seed{args.seed}" / "train.parquet")
 
 
 if __name__ == "__main__":

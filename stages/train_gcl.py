@@ -1,11 +1,12 @@
 """Train a generator with group-wise contrastive learning:
-``python -m stages.train_gcl <model>`` (dvc stage ``train_gcl@<model>``, run ``<model>_gcl``).
+``python -m stages.train_gcl <model> --seed K`` (dvc stage ``train_gcl@<model>-<K>``, run
+``<model>_gcl``; seed K's target starts from, and is scored against, seed K's reference).
 
 The one training loop (pipeline/train.py) with the GCL objective (pipeline/gcl.py). Reads
 params `train`, `model`, `<model>`, `gcl` and `<model>_gcl` (its `train` overrides),
-data/scored_groups, data/reference_scores/<model> and checkpoints/<model>/best.pt (the
-frozen MLE reference, whose weights also initialise the target when gcl.init=reference);
-writes checkpoints/<model>_gcl/{best,last}.pt and dvclive/<model>_gcl/.
+data/scored_groups, data/reference_scores/<model>/seed<K> and checkpoints/<model>/seed<K>/best.pt
+(the frozen MLE reference, whose weights also initialise the target when gcl.init=reference);
+writes checkpoints/<model>_gcl/seed<K>/{best,last}.pt and dvclive/<model>_gcl/seed<K>/.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pipeline.dataset import Vocab, load_split
 from pipeline.gcl import GCLConfig, GroupContrastive
 from pipeline.io import InputError, load_params, read_parquet, run_stage
 from pipeline.models import get_model_class, model_params
-from pipeline.train import train
+from pipeline.train import run_dirs, train
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,15 @@ def file_digest(path: Path) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model", help="seq2seq | pednet (the architecture; the reference is checkpoints/<model>)")
+    parser.add_argument("--seed", type=int, default=1, help="training seed (and the reference's)")
     parser.add_argument("--data", default="data")
     args = parser.parse_args(argv)
     all_params = load_params()
     cfg = GCLConfig.from_params(all_params.get("gcl") or {})
     data_dir, run = Path(args.data), f"{args.model}_gcl"
-    reference = Path("checkpoints") / args.model / "best.pt"
+    reference = run_dirs(args.model, args.seed)[0] / "best.pt"
     groups_path = data_dir / "scored_groups" / "train.parquet"
-    scores_path = data_dir / "reference_scores" / args.model / "train.parquet"
+    scores_path = data_dir / "reference_scores" / args.model / f"seed{args.seed}" / "train.parquet"
     for path in (reference, groups_path, scores_path):
         if not path.exists():
             raise InputError(path, "missing (run train, select_groups and reference_scores first)")
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  where=str(scores_path))
     extra = {"gcl": asdict(cfg), "groups": file_digest(groups_path), "reference_scores": file_digest(scores_path)}
     return train(args.model, all_params, run_name=run, data_dir=data_dir, objective=objective,
-                 fingerprint_extra=extra, init_from=reference if cfg.init == "reference" else None)
+                 fingerprint_extra=extra, init_from=reference if cfg.init == "reference" else None, seed=args.seed)
 
 
 if __name__ == "__main__":

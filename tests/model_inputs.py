@@ -103,7 +103,7 @@ def tiny_params(**sections) -> dict:
         "train": {"seed": 1, "epochs": 2, "batch_size": 16, "eval_batch_size": 32, "lr": 0.003, "clip": 5.0,
                   "lr_factor": 0.5, "lr_patience": 1, "lr_floor": 1e-5, "validate_every": 0,
                   "early_stopping": 0, "checkpoint_every": 4, "max_steps": 0, "log_every": 2,
-                  "bucket": True, "device": "cpu", "amp": False},
+                  "bucket": True, "device": "cpu", "precision": "fp32"},
         "model": {"emb_dim": None, "hidden": 16, "layers": 1, "dropout": 0.1, "attention": "dot",
                   "tie_embeddings": True, "freeze_embeddings": False, "max_context_tokens": 40,
                   "max_response_tokens": 30, "max_persona_tokens": 20, "max_persona_sentences": 5},

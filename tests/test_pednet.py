@@ -35,7 +35,7 @@ def test_forward_backward_both_tasks(data, vocab):
     model, ds = make(data, vocab)
     batch = ds.collate(list(range(6)))
     for task, used in ((CDNET, ("memory.proj.weight", "memory.none_memory", "key_linear.weight")),
-                       (PDNET, ("encoder.gru.weight_ih_l0", "decoder.gru.weight_ih_l0"))):
+                       (PDNET, ("encoder.gru.weight_ih_l0", "decoder.cells.0.weight_ih"))):
         model.zero_grad()
         out = model.loss(batch, task=task)
         assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])

@@ -147,11 +147,13 @@ def test_train_and_generate_stages(tmp_path, data_dir, monkeypatch):
 
     with pytest.raises(InputError, match="best.pt"):
         generate_main(["seq2seq"])
-    res = _run_stage(cwd, "stages.train", "seq2seq")
+    res = _run_stage(cwd, "stages.train", "seq2seq", "--seed", "2")
     assert res.returncode == 0, res.stderr
-    res = _run_stage(cwd, "stages.generate", "seq2seq")
+    record = json.loads((cwd / "reports/training/seq2seq/seed2.json").read_text())
+    assert record["seed"] == 2 and record["stopped"] == "max_epochs" and record["epochs"] == 1
+    res = _run_stage(cwd, "stages.generate", "seq2seq", "--seed", "2")
     assert res.returncode == 0, res.stderr
-    table = pq.read_table(cwd / "reports/generations/seq2seq.parquet")
+    table = pq.read_table(cwd / "reports/generations/seq2seq/seed2.parquet")
     assert table.schema.equals(schema.GENERATIONS)
     test = pq.read_table(cwd / "data/prepared/test.parquet")
     assert table.column("example_id").to_pylist() == test.column("example_id").to_pylist()
@@ -164,10 +166,10 @@ def test_torchrun_two_cpu_processes(tmp_path, data_dir):
     torchrun = (str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m")
     res = _run_stage(cwd, "stages.train", "gpmn", launcher=torchrun)
     assert res.returncode == 0, res.stderr[-3000:]
-    last = load_checkpoint(cwd / "checkpoints/gpmn/last.pt")
+    last = load_checkpoint(cwd / "checkpoints/gpmn/seed1/last.pt")
     assert last["progress"]["step"] == 2 * (9 // 2)  # each rank takes half the batches, equal counts
     assert len(last["rng"]["cpu"]) == 2  # both ranks' dropout streams, for an exact resume
-    assert (cwd / "dvclive/gpmn/metrics.json").exists()
+    assert (cwd / "dvclive/gpmn/seed1/metrics.json").exists()
     # resuming under torchrun after the stage was finished: nothing to do
     res = _run_stage(cwd, "stages.train", "gpmn", launcher=torchrun)
     assert res.returncode == 0 and "nothing to do" in res.stderr
@@ -175,7 +177,7 @@ def test_torchrun_two_cpu_processes(tmp_path, data_dir):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_training(tmp_path, data_dir):
-    out = run(tmp_path, data_dir, tiny_params(train={"epochs": 1, "device": "cuda", "amp": True}))
+    out = run(tmp_path, data_dir, tiny_params(train={"epochs": 1, "device": "cuda", "precision": "bf16"}))
     assert out["steps"] == 9 and out["best_val_nll"] < 10
 
 
@@ -204,3 +206,96 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(tmp_path, data_dir):
     assert load_checkpoint(last)["progress"]["step"] == reference["steps"]
     assert_same(tensors(tmp_path / "ref/ck/last.pt"), tensors(last))
     assert_same(tensors(tmp_path / "ref/ck/best.pt"), tensors(cwd / "checkpoints/seq2seq/best.pt"))
+
+
+# -- convergence: early stopping after an LR decay, the training record ------------------
+def scripted_validation(monkeypatch, nlls: list[float]):
+    """Replace the validation pass by a scripted sequence of NLLs (one per validation)."""
+    values = iter(nlls)
+
+    def fake(*args, **kwargs):
+        nll = next(values)
+        return {"nll": nll, "ppl": float(torch.tensor(nll).exp())}
+
+    monkeypatch.setattr(train_mod, "evaluate", fake)
+
+
+@pytest.mark.parametrize(("lr_patience", "epochs", "decays"), [(0, 4, 2), (2, 5, 1)])
+def test_early_stopping_waits_for_an_lr_decay(tmp_path, data_dir, monkeypatch, lr_patience, epochs, decays):
+    # epoch 0: 5.0, epoch 1: 4.0 (best), then worse and worse.
+    scripted_validation(monkeypatch, [5.0, 4.0, 4.5, 4.6, 4.7, 4.8, 4.9, 5.0, 5.1, 5.2])
+    params = tiny_params(train={"epochs": 10, "early_stopping": 2, "lr_patience": lr_patience, "min_lr_decays": 1})
+    out = run(tmp_path, data_dir, params)
+    # patience 0: the first bad epoch halves the LR, the second stops. Patience 2: two bad
+    # epochs are not enough without a decay; the third decays and stops.
+    assert out["stopped"] == "early_stopping"
+    assert out["epochs"] == epochs and out["lr_decays"] == decays
+    assert out["best_epoch"] == 1 and out["best_val_nll"] == 4.0
+    assert out["final_lr"] == pytest.approx(0.003 * 0.5**decays)
+    record = json.loads((tmp_path / "ck" / "training.json").read_text())
+    assert {k: out[k] for k in record} == record  # the record is the run's summary
+    assert {k: record[k] for k in ("stopped", "epochs", "lr_decays", "best_val_ppl", "steps")} == {
+        "stopped": "early_stopping", "epochs": epochs, "lr_decays": decays,
+        "best_val_ppl": pytest.approx(float(torch.tensor(4.0).exp())), "steps": epochs * 9}
+
+
+def test_a_capped_run_says_so(tmp_path, data_dir, monkeypatch, caplog):
+    scripted_validation(monkeypatch, [5.0, 4.0, 3.0])
+    out = run(tmp_path, data_dir, tiny_params(train={"epochs": 3, "early_stopping": 2}))
+    assert out["stopped"] == "max_epochs" and out["lr_decays"] == 0
+    assert "may not have converged" in caplog.text
+
+
+def test_persona_criterion(tmp_path, data_dir):
+    from pipeline.io import InputError
+
+    with pytest.raises(InputError, match="persona_nll needs a persona cross-entropy"):
+        run(tmp_path / "s", data_dir, tiny_params(train={"epochs": 1, "criterion": "persona_nll"}))
+    params = tiny_params(train={"epochs": 1, "criterion": "persona_nll"}, pednet={"k": 2})
+    out = run(tmp_path / "p", data_dir, params, model="pednet")
+    assert out["criterion"] == "persona_nll"
+    best = load_checkpoint(tmp_path / "p/ck/best.pt")
+    assert best["val_criterion"] != pytest.approx(best["val_nll"])  # 0.7 CE + 0.3 NLL, not NLL
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("batch_size", 0, "train.batch_size must be >= 1"),
+    ("epochs", -1, "train.epochs must be >= 1"),
+    ("lr", -1, "train.lr must be"),
+    ("lr", "abc", "train.lr must be a number"),
+    ("lr_factor", 1.5, "train.lr_factor must be in"),
+    ("precision", "fp16", "train.precision must be one of"),
+    ("criterion", "bleu", "train.criterion must be one of"),
+    ("device", "tpu", "train.device must be auto, cpu or cuda"),
+    ("early_stopping", 1.5, "train.early_stopping must be an integer"),
+])
+def test_bad_train_params_are_one_line_errors(key, value, message):
+    from pipeline.io import InputError
+    from pipeline.train import TrainConfig
+
+    with pytest.raises(InputError, match=message.replace(".", r"\.")):
+        TrainConfig.from_params({**tiny_params()["train"], key: value})
+
+
+# -- precision ---------------------------------------------------------------------------
+def test_bf16_and_fp32_paths(tmp_path, data_dir):
+    """Both precisions train the same model from the same start to nearly the same loss;
+    bf16 really runs the recurrent layers in bf16 (their outputs differ a little)."""
+    from pipeline.models.layers import Encoder, EncoderConfig
+
+    runs = {p: run(tmp_path / p, data_dir, tiny_params(train={"epochs": 2, "precision": p})) for p in ("fp32", "bf16")}
+    assert runs["bf16"]["precision"] == "bf16" and runs["fp32"]["precision"] == "fp32"
+    assert runs["bf16"]["best_val_nll"] == pytest.approx(runs["fp32"]["best_val_nll"], rel=0.02)
+
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(8, 16))
+    x, mask = torch.randn(4, 7, 8), torch.ones(4, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    out32, h32 = enc(x, mask)
+    with train_mod.autocast(torch.device("cpu"), "bf16"):
+        out16, h16 = enc(x, mask)
+    assert h16.dtype == torch.float32  # states stay fp32
+    assert 0 < (h16 - h32).abs().max() < 0.05  # computed in bf16: close, not identical
+    out16.float().sum().backward()
+    assert enc.gru.weight_hh_l0.grad is not None and enc.gru.weight_hh_l0.grad.dtype == torch.float32
+    assert torch.all(out16[1, 5:] == 0)  # padding stays out of the state in bf16 too

@@ -12,6 +12,12 @@ Masks are bool, True = real token/slot.
 - :class:`MemoryHops` — PEDNet's multi-hop memory network (3 hops).
 - :class:`DecoderCell` / :class:`Readout` — s_t = GRU([e(y_{t-1}); c_t; ...], s_{t-1})
   and the tied output projection.
+
+Precision: every layer runs under ``torch.autocast`` (bf16 by default, ``train.precision``).
+On CPU autocast covers the matmuls (linear, bmm) but not ``aten::gru``, so
+:func:`run_gru` runs recurrent layers on bf16 copies of their weights, and the decoder
+cell is written with ``F.linear`` (whose bf16 weight casts autocast caches per forward).
+Recurrent states, softmaxes and losses stay float32.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from pipeline.io import InputError, read_parquet
 
@@ -45,6 +51,26 @@ def load_embedding_matrix(path: str | Path, tokens: list[str]) -> np.ndarray:
     if len(dims) != 1:
         raise InputError(path, f"vectors of different lengths {sorted(dims)[:5]}")
     return np.asarray(vectors, dtype=np.float32)
+
+
+def cpu_autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The lower-precision dtype when ``x`` is on CPU inside an enabled CPU autocast region."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return None
+
+
+def run_gru(gru: nn.GRU, x: torch.Tensor | PackedSequence, h0: torch.Tensor | None = None):
+    """``gru(x, h0)``, in bf16 under CPU autocast (2x faster than fp32 on bf16 CPUs, measured
+    on PDNet's encoder shapes): CPU autocast has no rule for ``aten::gru``, so the weights
+    are cast here (gradients flow back to the fp32 parameters through the cast)."""
+    dtype = cpu_autocast_dtype(x.data if isinstance(x, PackedSequence) else x)
+    if dtype is None:
+        return gru(x, h0)
+    params = {name: p.to(dtype) for name, p in gru.named_parameters()}
+    x = x.to(dtype)
+    out, h = torch.func.functional_call(gru, params, (x, None if h0 is None else h0.to(dtype)))
+    return out, h.float()
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
@@ -117,7 +143,7 @@ class Encoder(nn.Module):
         nonempty = lengths > 0
         # Packing needs lengths >= 1; empty rows get length 1 and are zeroed afterwards.
         packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        out, h = self.gru(packed)
+        out, h = run_gru(self.gru, packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
         h = h.view(self.config.layers, 2, b, -1).transpose(1, 2).reshape(self.config.layers, b, -1)
         if not bool(nonempty.all()):
@@ -236,21 +262,41 @@ class DecoderConfig:
 
 
 class DecoderCell(nn.Module):
-    """One decoder step s_t = GRU([e(y_{t-1}); c_t; extra...], s_{t-1}).
+    """One decoder step s_t = GRU([e(y_{t-1}); c_t; extra...], s_{t-1}), ``layers`` stacked
+    GRU cells (dropout between layers, as nn.GRU).
 
     prev_emb [B, E], contexts list of [B, D_i], state [layers, B, H] -> (output [B, H], state).
+    The cell is written with ``F.linear`` so that CPU autocast runs its matmuls in bf16
+    (one cached weight cast per forward); the state itself stays float32.
     """
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.config = config
-        self.gru = nn.GRU(config.emb_dim + sum(config.context_sizes), config.hidden, num_layers=config.layers,
-                          batch_first=True, dropout=config.dropout if config.layers > 1 else 0.0)
+        h = config.hidden
+        sizes = [config.emb_dim + sum(config.context_sizes)] + [h] * (config.layers - 1)
+        self.cells = nn.ModuleList(nn.GRUCell(n, h) for n in sizes)
+        self.dropout = nn.Dropout(config.dropout if config.layers > 1 else 0.0)
+
+    @staticmethod
+    def gru_cell(cell: nn.GRUCell, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        gi = F.linear(x, cell.weight_ih, cell.bias_ih)
+        gh = F.linear(h, cell.weight_hh, cell.bias_hh)
+        i_r, i_z, i_n = gi.chunk(3, -1)
+        h_r, h_z, h_n = gh.chunk(3, -1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        return (n + z * (h - n)).to(h.dtype)  # = (1 - z) n + z h
 
     def forward(self, prev_emb: torch.Tensor, contexts: list[torch.Tensor], state: torch.Tensor):
-        x = torch.cat([prev_emb, *contexts], dim=-1).unsqueeze(1)
-        out, state = self.gru(x, state.contiguous())
-        return out.squeeze(1), state
+        x = torch.cat([prev_emb, *(c.to(prev_emb.dtype) for c in contexts)], dim=-1)
+        states = []
+        for i, cell in enumerate(self.cells):
+            h = self.gru_cell(cell, x if i == 0 else self.dropout(x), state[i])
+            states.append(h)
+            x = h
+        return x, torch.stack(states)
 
 
 class Readout(nn.Module):
