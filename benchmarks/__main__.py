@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {
     "bm25_speedup": ">= 100x",
     "labelling_speedup": ">= 20x",
-    "train_fraction_of_matmul_peak": ">= 0.40",
+    "train_speedup_vs_fp32": ">= 2.5",
+    "train_fraction_of_bf16_peak": ">= 0.20",
+    "bf16_vs_fp32_val_nll_rel_diff": "<= 0.01",
+    "full_repro_minutes": "<= 75",
     "gcl_vs_mle_throughput": ">= 0.8",
     "noop_repro_seconds": "<= 5 s",
 }
@@ -50,13 +53,36 @@ def noop_repro_seconds() -> float:
     return round(seconds, 2)
 
 
+def full_repro() -> dict:
+    """`dvc repro` of the committed pipeline from scratch (a clone of HEAD, no DVC cache, the
+    shared data beside it as in CI): wall minutes and the peak RSS of any one process."""
+    import resource
+    import shutil
+
+    with tempfile.TemporaryDirectory(prefix="repro-", dir=ROOT.parent) as tmp:
+        clone = Path(tmp) / "clone"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        env = dict(os.environ, PIPELINE_NO_PROGRESS="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        start = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=clone, env=env, check=True)
+        minutes = (time.perf_counter() - start) / 60
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child process
+    return {"full_repro_minutes": round(minutes, 1), "full_repro_peak_rss_gib": round(peak / 2**30, 2)}
+
+
 def render(results: dict) -> str:
     rows = [
         ("BM25 candidate pools vs rank_bm25 get_scores loop", "bm25_speedup", "x"),
         ("  top-10 agreement with rank_bm25", "bm25_top10_agreement", ""),
         ("persona labelling vs one encoder call per sentence", "labelling_speedup", "x"),
         ("  label agreement", "labelling_agreement", ""),
-        ("PEDNet training step, fraction of fp32 matmul peak", "train_fraction_of_matmul_peak", ""),
+        ("PEDNet training step, bf16 vs fp32 target tokens/s", "train_speedup_vs_fp32", "x"),
+        ("PEDNet training step (bf16), fraction of the bf16 matmul peak", "train_fraction_of_bf16_peak", ""),
+        ("  bf16 matmul peak, GFLOP/s", "bf16_matmul_peak_gflops", ""),
+        ("  fp32 matmul peak, GFLOP/s", "fp32_matmul_peak_gflops", ""),
+        ("best validation NLL, bf16 vs fp32 run (relative difference)", "bf16_vs_fp32_val_nll_rel_diff", ""),
+        ("full dvc repro from scratch (minutes)", "full_repro_minutes", ""),
+        ("  peak RSS of that repro (GiB)", "full_repro_peak_rss_gib", ""),
         ("contrastive / MLE target-token throughput", "gcl_vs_mle_throughput", ""),
         ("no-op dvc repro (seconds)", "noop_repro_seconds", ""),
     ]
@@ -90,19 +116,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--raw", default="data/raw", help="ParlAI files to replicate for the scale runs")
     ap.add_argument("--scales", default="1,3,9", help="replication factors, e.g. 1,3,9 ('' skips)")
     ap.add_argument("--sample", type=int, default=400, help="queries/examples timed on the slow paths")
-    ap.add_argument("--only", default="", help="comma-separated subset: bm25,labelling,train,gcl,noop,scale")
+    ap.add_argument("--only", default="",
+                    help="comma-separated subset: bm25,labelling,train,parity,gcl,noop,scale,full_repro "
+                         "(full_repro only when named: it runs the whole pipeline in a scratch clone)")
     ap.add_argument("--out", default="reports/benchmarks")
     args = ap.parse_args(argv)
     only = set(filter(None, args.only.split(",")))
     want = (lambda name: not only or name in only)  # noqa: E731
     os.chdir(ROOT)
 
-    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
-                                f"{measures.torch_threads()}", "details": {}}
+    out = Path(args.out)
+    # A partial run (--only) keeps the other measures of the previous run.
+    previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    results: dict = {**previous, "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
+                                            f"{measures.torch_threads()}",
+                     "details": dict(previous.get("details", {}))}
     steps = [
         ("bm25", lambda: measures.bm25(args.sample)),
         ("labelling", lambda: measures.labelling(args.sample)),
         ("train", measures.training),
+        ("parity", measures.precision_parity),
         ("gcl", measures.gcl_vs_mle),
     ]
     for name, fn in steps:
@@ -121,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
             results["scale"] = bench_scale(Path(args.raw).resolve(), factors, Path(tmp))
         results["scale_growth"] = growth(results["scale"], factors)
 
-    out = Path(args.out)
+    if "full_repro" in only:
+        print("[benchmarks] full_repro (the whole pipeline in a scratch clone) ...", file=sys.stderr)
+        results.update(full_repro())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     table = render(results)

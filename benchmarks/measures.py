@@ -67,18 +67,21 @@ def labelling(sample: int) -> tuple[dict, dict]:
     )
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 GEMM FLOP/s of this machine (same threads as training)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+def matmul_peak(dtype: torch.dtype = torch.float32, sizes=(1024, 2048, 4096), repeats: int = 5) -> float:
+    """Best GEMM FLOP/s of this machine in ``dtype`` over square sizes (same threads as
+    training): the roof that training's achieved FLOP/s is compared with."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.mm(a, b)  # warm-up
+        for _ in range(repeats if n < 4096 else 2):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
 
 
-def _training_setup(model_name: str, steps: int):
+def _training_setup(model_name: str, steps: int, precision: str | None = None):
     """The default model of `params.yaml` on the real training split, with its batches."""
     from pathlib import Path
 
@@ -87,7 +90,8 @@ def _training_setup(model_name: str, steps: int):
     from pipeline.train import TrainConfig, load_vocab_and_embeddings, train_params
 
     params = load_params()
-    cfg = TrainConfig.from_params(train_params(params, model_name))
+    tp = train_params(params, model_name)
+    cfg = TrainConfig.from_params({**tp, "precision": precision or tp.get("precision", "bf16")})
     mparams = model_params(params, model_name)
     cls = get_model_class(model_name)
     vocab, emb = load_vocab_and_embeddings(Path("data"))
@@ -101,7 +105,11 @@ def _training_setup(model_name: str, steps: int):
 
 
 def _step(model, optimizer, batch, cfg, objective=None) -> int:
-    out = objective(model, batch, epoch=0, step=0) if objective else model(batch, method="loss")
+    """One optimizer step of the training loop, in ``cfg.precision``; returns target tokens."""
+    from pipeline.train import autocast
+
+    with autocast(torch.device("cpu"), cfg.precision):
+        out = objective(model, batch, epoch=0, step=0) if objective else model(batch, method="loss")
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -109,31 +117,95 @@ def _step(model, optimizer, batch, cfg, objective=None) -> int:
     return int(out.get("target_tokens", batch.response_mask.sum()))
 
 
-def training(model_name: str = "pednet", steps: int = 20) -> tuple[dict, dict]:
-    """Target tokens/s and achieved FLOP/s of the default training step (forward,
-    backward, clip, Adam), FLOPs counted by torch's FlopCounterMode on every timed step."""
+GENERATORS = ("seq2seq", "gpmn", "postks", "pednet")
+
+
+def training(models=GENERATORS, steps: int = 8, rounds: int = 2) -> tuple[dict, dict]:
+    """Per generator: target tokens/s of the training step (forward, backward, clip, Adam) in
+    fp32 and in bf16, the same batches and the same starting weights; blocks of the two
+    alternate so that outside load hits both alike, and each figure is the best block.
+    FLOPs (torch's FlopCounterMode, once per batch) over the bf16 time give the fraction of
+    the bf16 matmul peak measured in the same run. Headlines are PEDNet's, the slowest."""
+    import copy
+
     from torch.utils.flop_counter import FlopCounterMode
 
-    model, optimizer, ds, batches, cfg = _training_setup(model_name, steps)
-    model.train()
-    _step(model, optimizer, ds.collate(batches[0]), cfg)  # warm-up (allocator, lazy init)
-    flops, tokens, seconds = 0, 0, 0.0
-    for index in batches[1:]:
-        batch = ds.collate(index)
-        counter = FlopCounterMode(display=False)
-        with counter:
-            _step(model, optimizer, batch, cfg)
-        flops += counter.get_total_flops()
-        start = time.perf_counter()  # timed again outside the counter, which slows the step
-        tokens += _step(model, optimizer, batch, cfg)
-        seconds += time.perf_counter() - start
-    peak = matmul_peak()
-    achieved = flops / seconds
+    from pipeline.train import TrainConfig
+
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    details: dict = {"steps": steps, "rounds": rounds, "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+                     "generators": {}}
+    for name in models:
+        model, _, ds, batches, cfg = _training_setup(name, steps)
+        model.train()
+        start_state = copy.deepcopy(model.state_dict())
+        batches = [ds.collate(i) for i in batches]
+        flops = 0
+        for batch in batches[1:]:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                _step(model, torch.optim.SGD(model.parameters(), lr=0.0), batch, cfg)
+            flops += counter.get_total_flops()
+        rates: dict[str, float] = {"fp32": 0.0, "bf16": 0.0}
+        seconds: dict[str, float] = {}
+        for _ in range(rounds):
+            for precision in ("fp32", "bf16"):
+                model.load_state_dict(start_state)
+                pcfg = TrainConfig.from_params({**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__},
+                                                "precision": precision})
+                optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+                _step(model, optimizer, batches[0], pcfg)  # warm-up (allocator, lazy init)
+                start, tokens = time.perf_counter(), 0
+                for batch in batches[1:]:
+                    tokens += _step(model, optimizer, batch, pcfg)
+                elapsed = time.perf_counter() - start
+                if tokens / elapsed > rates[precision]:
+                    rates[precision], seconds[precision] = tokens / elapsed, elapsed
+        details["generators"][name] = {
+            "batch_size": cfg.batch_size,
+            "target_tokens_per_s": {k: round(v, 1) for k, v in rates.items()},
+            "speedup_vs_fp32": round(rates["bf16"] / rates["fp32"], 3),
+            "flops_per_step": flops // max(len(batches) - 1, 1),
+            "achieved_gflops": {k: round(flops / seconds[k] / 1e9, 2) for k in seconds},
+            "fraction_of_peak": {k: round(flops / seconds[k] / peaks[k], 3) for k in seconds},
+        }
+    slowest = details["generators"].get("pednet") or min(details["generators"].values(),
+                                                          key=lambda g: g["target_tokens_per_s"]["bf16"])
     return (
-        {"train_fraction_of_matmul_peak": round(achieved / peak, 3)},
-        {"model": model_name, "steps": len(batches) - 1, "batch_size": cfg.batch_size,
-         "target_tokens_per_s": round(tokens / seconds, 1), "achieved_gflops": round(achieved / 1e9, 2),
-         "matmul_peak_gflops": round(peak / 1e9, 2), "flops_per_step": flops // max(len(batches) - 1, 1)},
+        {"train_speedup_vs_fp32": slowest["speedup_vs_fp32"],
+         "train_fraction_of_bf16_peak": slowest["fraction_of_peak"]["bf16"],
+         "bf16_matmul_peak_gflops": round(peaks["bf16"] / 1e9, 1),
+         "fp32_matmul_peak_gflops": round(peaks["fp32"] / 1e9, 1)},
+        details,
+    )
+
+
+def precision_parity(model_name: str = "seq2seq", seed: int = 1) -> tuple[dict, dict]:
+    """The default (bf16) run of the pipeline against the same run trained in fp32 to
+    convergence here (same seed, data and params): relative difference of the best
+    validation NLL. Needs reports/training/<model>/seed<seed>.json from `dvc repro`."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.train import train, training_record_path
+
+    record_path = training_record_path(model_name, seed)
+    if not record_path.exists():
+        raise FileNotFoundError(f"{record_path}: run `dvc repro train@{model_name}-{seed}` first")
+    default = json.loads(record_path.read_text())
+    params = load_params()
+    params["train"] = {**params["train"], "precision": "fp32"}
+    with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
+        start = time.perf_counter()
+        fp32 = train(model_name, params, checkpoint_dir=Path(tmp) / "ck", live_dir=Path(tmp) / "live", seed=seed)
+        minutes = (time.perf_counter() - start) / 60
+    rel = abs(default["best_val_nll"] - fp32["best_val_nll"]) / fp32["best_val_nll"]
+    keys = ("best_val_nll", "best_val_ppl", "epochs", "steps", "lr_decays", "stopped")
+    return (
+        {"bf16_vs_fp32_val_nll_rel_diff": round(rel, 5)},
+        {"model": model_name, "seed": seed, "fp32_minutes": round(minutes, 1),
+         default["precision"]: {k: default[k] for k in keys}, "fp32": {k: fp32[k] for k in keys}},
     )
 
 
@@ -151,11 +223,11 @@ def gcl_vs_mle(model_name: str = "seq2seq", rounds: int = 3, steps: int = 6) -> 
     params = load_params()
     data = Path("data")
     vocab = Vocab.load(data / "prepared" / "vocab.parquet")
-    model = load_trained(Path("checkpoints") / model_name / "best.pt", vocab).train()
+    model = load_trained(Path("checkpoints") / model_name / "seed1" / "best.pt", vocab).train()
     ds = load_split("train", vocab, type(model).data_config(model.params), data)
     gcl = GroupContrastive(GCLConfig.from_params(params["gcl"]),
                            read_parquet(data / "scored_groups" / "train.parquet"),
-                           read_parquet(data / "reference_scores" / model_name / "train.parquet"), ds)
+                           read_parquet(data / "reference_scores" / model_name / "seed1" / "train.parquet"), ds)
     runs = {"mle": (TrainConfig.from_params(train_params(params, model_name)), None),
             "gcl": (TrainConfig.from_params(train_params(params, f"{model_name}_gcl")), gcl)}
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 METRIC_KEYS = (
     "distinct_1", "distinct_2", "distinct_3",
     "persona_recall", "persona_precision", "persona_f1", "persona_coverage",
+    # the same four against another test dialogue's persona (shuffled_personas), and the
+    # F1 the own persona adds: a reply that ignores its persona gains about 0
+    "persona_recall_shuffled", "persona_precision_shuffled", "persona_f1_shuffled",
+    "persona_coverage_shuffled", "persona_f1_gain",
     "bleu_1", "bleu_2", "bleu_3", "bleu_4",
     "emb_average", "emb_extrema", "emb_greedy", "coherence",
     "entropy_1", "entropy_2",
@@ -139,6 +143,68 @@ def persona_metrics(
     cov = math.fsum(s.coverage for s in scores) / n if n else 0.0
     f1 = 2 * r * p / (r + p) if r + p > 0 else 0.0
     return {"persona_recall": r, "persona_precision": p, "persona_f1": f1, "persona_coverage": cov}
+
+
+def dialogue_of(example_id: str) -> str:
+    """``test-00428-05`` -> ``test-00428`` (the example_id layout of schema.PREPARED)."""
+    dialogue, _, turn = example_id.rpartition("-")
+    if not dialogue or not turn.isdigit():
+        raise ValueError(f"example_id {example_id!r} is not '<split>-<dialogue>-<turn>'")
+    return dialogue
+
+
+def shuffled_partners(example_ids: Sequence[str], personas: Sequence[Sequence[str]]) -> dict[str, str]:
+    """dialogue -> the dialogue whose persona the shuffled-persona control scores it against.
+
+    Dialogues in sorted order d_0..d_{n-1}; d_i is paired with the first of
+    d_{i + n//2}, d_{i + n//2 + 1}, ... (cyclic) whose persona, as a set of sentences,
+    differs from its own. No RNG, so every model meets the same pairing; Persona-Chat
+    reuses each persona for several dialogues, hence the skip: an identical persona would
+    make the control a copy of the real score.
+    """
+    own: dict[str, frozenset[str]] = {}
+    for example_id, persona in sorted(zip(example_ids, personas, strict=True), key=lambda x: x[0]):
+        d = dialogue_of(example_id)
+        if own.setdefault(d, frozenset(persona)) != frozenset(persona):
+            raise ValueError(f"dialogue {d} has different personas in different turns ({example_id})")
+    dialogues = sorted(own)
+    n = len(dialogues)
+    partners = {}
+    for i, d in enumerate(dialogues):
+        for step in range(n):
+            other = dialogues[(i + n // 2 + step) % n]
+            if other != d and own[other] != own[d]:
+                partners[d] = other
+                break
+        else:
+            raise ValueError(
+                f"no dialogue has a persona other than {d}'s: the shuffled-persona control needs two"
+            )
+    return partners
+
+
+def shuffled_personas(example_ids: Sequence[str], personas: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Per example, the persona of its dialogue's partner (``shuffled_partners``)."""
+    partners = shuffled_partners(example_ids, personas)
+    persona_of = {dialogue_of(e): list(p) for e, p in zip(example_ids, personas, strict=True)}
+    return [persona_of[partners[dialogue_of(e)]] for e in example_ids]
+
+
+def persona_control_metrics(
+    hypotheses: Sequence[str],
+    personas: Sequence[Sequence[str]],
+    shuffled: Sequence[Sequence[str]],
+    idf: dict[str, float],
+    idf_missing: float = IDF_MISSING,
+) -> dict[str, float]:
+    """Persona metrics against the own persona and against ``shuffled`` (``*_shuffled``),
+    and ``persona_f1_gain`` = own − shuffled F1: generic persona-like words ("i love to
+    read") score against any persona; only the gain shows that a model uses its own."""
+    out = persona_metrics(hypotheses, personas, idf, idf_missing)
+    control = persona_metrics(hypotheses, shuffled, idf, idf_missing)
+    out.update({f"{k}_shuffled": v for k, v in control.items()})
+    out["persona_f1_gain"] = out["persona_f1"] - out["persona_f1_shuffled"]
+    return out
 
 
 # ---------------------------------------------------------------- BLEU (GCL, via ParlAI)
@@ -326,15 +392,17 @@ def evaluate(
     references: Sequence[str],
     queries: Sequence[str],
     personas: Sequence[Sequence[str]],
+    shuffled_personas: Sequence[Sequence[str]],
     idf: dict[str, float],
     stats: NgramStats,
     vectors: WordVectors,
     idf_missing: float = IDF_MISSING,
 ) -> dict[str, float | int]:
-    """Every metric of both papers for one model's test generations."""
+    """Every metric of both papers for one model's test generations, plus the
+    shuffled-persona control (``shuffled_personas``: see the function of that name)."""
     hyp_tokens = [h.split() for h in hypotheses]
     out: dict[str, float | int] = {f"distinct_{n}": distinct(hyp_tokens, n) for n in (1, 2, 3)}
-    out.update(persona_metrics(hypotheses, personas, idf, idf_missing))
+    out.update(persona_control_metrics(hypotheses, personas, shuffled_personas, idf, idf_missing))
     out.update(bleu_metrics(references, hypotheses))
     # the query is SILENCE when the bot opens; WordVectors gives it no vector
     out.update(
@@ -377,7 +445,7 @@ def load_word_vectors(path: str | os.PathLike, stats: NgramStats, a: float = 0.0
 
 
 def read_generations(path: str | os.PathLike) -> dict[str, list]:
-    """A ``reports/generations/<model>.parquet`` file (schema GENERATIONS), checked."""
+    """A ``reports/generations/<run>/<seed K | control>.parquet`` file (schema GENERATIONS), checked."""
     from pipeline.io import read_parquet
     from pipeline.schema import GENERATIONS
 

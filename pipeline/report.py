@@ -1,9 +1,11 @@
-"""reports/results.md: this project's metrics beside the papers' tables, and a case study.
+"""reports/results.md: this project's metrics beside the papers' tables, the controls,
+the papers' claims tested on our runs, and a case study.
 
 Layouts follow the papers: PEDNet's Table 2 (fractions, 3 decimals) and GCL's Table 2(a)
 (percent, about 4 significant digits; entropies in bits), then a case study like
 PEDNet's Table 4 (persona, context, every model's response and the persona it chose).
-Models whose metrics or generations are missing are shown as "not run".
+Our cells are mean ± sd over training seeds (reports/summary.json, pipeline.stats).
+Runs whose metrics or generations are missing are shown as "not run".
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline import paper_results as paper
-from pipeline.io import InputError, read_parquet
+from pipeline.io import InputError
 from pipeline.metrics import METRIC_KEYS
 from pipeline.schema import SILENCE
+from pipeline.stats import NOT_RUN
 
-NOT_RUN = "not run"
 DISPLAY = {
     "seq2seq": "Seq2Seq",
     "gpmn": "GPMN",
@@ -30,7 +32,10 @@ DISPLAY = {
     "pednet_gcl": "PEDNet + GCL",
     "transformer": "Transformer",
     "transformer_gcl": "Transformer + GCL",
+    "gold": "Gold (reference)",
+    "constant": "Constant reply",
 }
+PAPERS = {"pednet_table2": "PEDNet Table 2", "gcl_table2a": "GCL Table 2(a)"}
 PEDNET_COLUMNS = [
     ("Distinct-1", "distinct_1"), ("Distinct-2", "distinct_2"), ("P-R", "persona_recall"),
     ("P-P", "persona_precision"), ("P-F1", "persona_f1"), ("P-Cover", "persona_coverage"),
@@ -41,6 +46,11 @@ GCL_COLUMNS = [
     ("Avg", "emb_average"), ("Ext", "emb_extrema"), ("Gre", "emb_greedy"), ("Coh", "coherence"),
     ("Ent-1", "entropy_1"), ("Ent-2", "entropy_2"),
 ]  # fmt: skip
+PERSONA_CONTROL_COLUMNS = [
+    ("P-F1", "persona_f1"), ("P-F1 shuffled", "persona_f1_shuffled"), ("P-F1 gain", "persona_f1_gain"),
+    ("P-Cover", "persona_coverage"), ("P-Cover shuffled", "persona_coverage_shuffled"),
+]  # fmt: skip
+METRIC_NAMES = {key: name for name, key in PEDNET_COLUMNS + GCL_COLUMNS + PERSONA_CONTROL_COLUMNS}
 
 
 def display(model: str) -> str:
@@ -51,7 +61,7 @@ def display(model: str) -> str:
 
 
 def load_metrics(path: str | os.PathLike) -> dict | None:
-    """A reports/metrics/<model>.json, or None when the model has not been evaluated."""
+    """A reports/metrics/<run>/<seed K | control>.json, or None when it has not been evaluated."""
     path = Path(path)
     if not path.exists():
         return None
@@ -59,28 +69,33 @@ def load_metrics(path: str | os.PathLike) -> dict | None:
         values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(path, f"not JSON ({e.msg})", e.lineno) from None
+    if not isinstance(values, dict):
+        raise InputError(path, "expected a JSON object of metrics")
     missing = [k for k in METRIC_KEYS if k not in values]
     if missing:
         raise InputError(path, f"missing metric(s) {', '.join(missing)} (rerun `dvc repro evaluate`)")
     return values
 
 
-GENERATION_COLUMNS = ["example_id", "persona", "context", "reference", "hypothesis", "selected_persona"]
-
-
-def load_generations(path: str | os.PathLike) -> dict[str, dict] | None:
-    """example_id -> row of a reports/generations/<model>.parquet, or None when missing."""
-    if not Path(path).exists():
-        return None
-    table = read_parquet(path)
-    missing = [c for c in GENERATION_COLUMNS if c not in table.column_names]
-    if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)} (schema GENERATIONS)")
-    rows = table.select(GENERATION_COLUMNS).to_pylist()
-    return {r["example_id"]: r for r in rows}
+def by_example(generations: Mapping[str, Sequence]) -> dict[str, dict]:
+    """example_id -> row, from the columns ``pipeline.metrics.read_generations`` returns."""
+    names = list(generations)
+    return {
+        row["example_id"]: row
+        for row in (
+            dict(zip(names, values, strict=True)) for values in zip(*generations.values(), strict=True)
+        )
+    }
 
 
 # ---------------------------------------------------------------- formatting
+
+
+def gcl_decimals(value: float) -> int:
+    """GCL's style: about four significant digits, at most three decimals."""
+    if value == 0 or not math.isfinite(value):
+        return 3
+    return min(3, max(0, 3 - math.floor(math.log10(abs(value)))))
 
 
 def fmt_fraction(value: float) -> str:
@@ -89,11 +104,17 @@ def fmt_fraction(value: float) -> str:
 
 
 def fmt_percent_like_gcl(value: float) -> str:
-    """GCL's style: about four significant digits, at most three decimals (12.04, 3.995, 0.882)."""
-    if value == 0 or not math.isfinite(value):
-        return f"{value:.3f}" if math.isfinite(value) else str(value)
-    decimals = min(3, max(0, 3 - math.floor(math.log10(abs(value)))))
-    return f"{value:.{decimals}f}"
+    """GCL's style: 12.04, 3.995, 0.882."""
+    return f"{value:.{gcl_decimals(value)}f}" if math.isfinite(value) else str(value)
+
+
+def fmt_signed(value: float) -> str:
+    """A difference: signed, three significant digits (+0.0148, -0.000630, +2.66e-08)."""
+    if value == 0:
+        return "0.000"
+    if abs(value) < 1e-4:  # smoothed BLEU-3/4 differ by ~1e-9: fixed decimals would print 0
+        return f"{value:+.2e}"
+    return f"{value:+.{max(3, 2 - math.floor(math.log10(abs(value))))}f}"
 
 
 def escape(text: str) -> str:
@@ -106,6 +127,48 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _pednet_unit(key: str, value: float) -> tuple[float, int]:
+    return value, 3
+
+
+def _gcl_unit(key: str, value: float) -> tuple[float, int]:
+    """Percent (entropies: bits), decimals chosen by the size of the value."""
+    scaled = value if key in paper.BITS else 100 * value
+    return scaled, gcl_decimals(scaled)
+
+
+def fmt_summary(key: str, summary: Mapping, unit) -> str:
+    """``mean ± sd`` in the table's unit, the sd to the decimals of the mean; one seed: the mean."""
+    mean, decimals = unit(key, summary["mean"])
+    if summary["sd"] is None:
+        return f"{mean:.{decimals}f}"
+    sd, _ = unit(key, summary["sd"])
+    return f"{mean:.{decimals}f} ± {sd:.{decimals}f}"
+
+
+def _n_seeds(values: Mapping[str, dict]) -> int:
+    """Seeds behind a run's summary (every metric has the same files behind it)."""
+    return values[METRIC_KEYS[0]]["n_seeds"]
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
+def _ours_cells(run: str, columns, summary: Mapping[str, dict], unit) -> list[str]:
+    values = summary.get(run)
+    if not values:
+        return [NOT_RUN] + [""] * (len(columns) - 1)
+    return [fmt_summary(key, values[key], unit) for _, key in columns]
+
+
+def _source(run: str, summary: Mapping[str, dict], control: bool) -> str:
+    if control:
+        return "*control*"
+    values = summary.get(run)
+    return f"**ours** ({_seeds(_n_seeds(values))})" if values else "**ours**"
+
+
 def _row_order(paper_models: Sequence[str], models: Sequence[str]) -> list[str]:
     return list(paper_models) + [m for m in models if m not in paper_models]
 
@@ -113,31 +176,56 @@ def _row_order(paper_models: Sequence[str], models: Sequence[str]) -> list[str]:
 def comparison_table(
     columns: Sequence[tuple[str, str]],
     paper_table: dict[str, dict[str, str]],
-    ours: dict[str, dict | None],
+    summary: Mapping[str, dict],
     models: Sequence[str],
-    ours_format,
+    controls: Sequence[str],
+    unit,
 ) -> str:
-    """One row per (model, source): the paper's printed value, then ours in the paper's unit."""
+    """One row per (model, source): the paper's printed value, then ours (mean ± sd over
+    seeds) in the paper's unit; the controls last."""
     rows = []
     for model in _row_order(list(paper_table), models):
         if model in paper_table:
             rows.append([display(model), "*paper*"] + [paper_table[model][key] for _, key in columns])
         if model in models:
-            values = ours.get(model)
-            if values:
-                cells = [ours_format(key, values[key]) for _, key in columns]
-            else:
-                cells = [NOT_RUN] + [""] * (len(columns) - 1)
-            rows.append([display(model), "**ours**"] + cells)
+            rows.append(
+                [display(model), _source(model, summary, False)] + _ours_cells(model, columns, summary, unit)
+            )
+    for control in controls:
+        rows.append([display(control), "*control*"] + _ours_cells(control, columns, summary, unit))
     return markdown_table(["Model", "Source"] + [name for name, _ in columns], rows)
 
 
-def _pednet_format(key: str, value: float) -> str:
-    return fmt_fraction(value)
+def persona_control_table(summary: Mapping[str, dict], models: Sequence[str], controls: Sequence[str]) -> str:
+    rows = [
+        [display(run), _source(run, summary, run in controls)]
+        + _ours_cells(run, PERSONA_CONTROL_COLUMNS, summary, _pednet_unit)
+        for run in list(models) + list(controls)
+    ]
+    return markdown_table(["Model", "Source"] + [name for name, _ in PERSONA_CONTROL_COLUMNS], rows)
 
 
-def _gcl_format(key: str, value: float) -> str:
-    return fmt_percent_like_gcl(value if key in paper.BITS else 100 * value)
+def _holds(value: bool | str) -> str:
+    return {True: "yes", False: "**no**"}.get(value, value) if isinstance(value, bool) else value
+
+
+def claim_text(claim: Mapping) -> str:
+    metric = METRIC_NAMES.get(claim["metric"], claim["metric"])
+    paper_name = PAPERS.get(claim["paper"], claim["paper"])
+    return f"{display(claim['lower'])} < {display(claim['higher'])} on {metric} ({paper_name})"
+
+
+def claims_table(claims: Sequence[Mapping]) -> str:
+    rows = []
+    for c in claims:
+        seeds = f"{c['n_seeds']['lower']} / {c['n_seeds']['higher']}"
+        if c["holds"] == NOT_RUN:
+            rows.append([claim_text(c), "", "", "", NOT_RUN, seeds])
+            continue
+        lo, hi = c["ci95"]
+        rows.append([claim_text(c), fmt_signed(c["difference"]), f"[{fmt_signed(lo)}, {fmt_signed(hi)}]",
+                     f"{c['p_value']:.3f}", _holds(c["holds"]), seeds])  # fmt: skip
+    return markdown_table(["Claim", "Difference", "95% CI", "p", "Holds", "Seeds (lower / higher)"], rows)
 
 
 # ---------------------------------------------------------------- case study
@@ -201,51 +289,104 @@ def describe_source(source: str) -> str:
     return f"the ParlAI-format files at `{source}`"
 
 
-def _ours_data(ours: dict[str, dict | None], source: str) -> str:
-    counts = sorted({v["n_examples"] for v in ours.values() if v and "n_examples" in v})
+def _ours_data(summary: Mapping[str, dict], models: Sequence[str], source: str) -> str:
+    counts = sorted(
+        {round(summary[m]["n_examples"]["mean"]) for m in models if "n_examples" in summary.get(m, {})}
+    )
     n = ", ".join(f"{c:,}" for c in counts) if counts else "no"
     return f"**Ours**: the test split of {describe_source(source)}, as prepared by this pipeline ({n} test examples)."
 
 
+def _case_seeds_note(case_seeds: Mapping[str, str]) -> str:
+    stems = sorted(set(case_seeds.values()))
+    if not stems:
+        return ""
+    if len(stems) == 1:
+        return f"Every model's responses are from its {stems[0]} generations (the first seed present)."
+    return "Responses from: " + ", ".join(f"{display(m)} {s}" for m, s in case_seeds.items()) + "."
+
+
 def render(
-    ours: dict[str, dict | None],
+    summary: Mapping[str, dict],
+    claims: Sequence[Mapping],
     generations: dict[str, dict[str, dict] | None],
     models: Sequence[str],
+    controls: Sequence[str],
     source: str,
     case_studies: int = 3,
     case_ids: Sequence[str] = (),
+    case_seeds: Mapping[str, str] | None = None,
+    bootstrap: int = 1000,
 ) -> str:
-    run = [m for m in models if ours.get(m) is not None]
-    not_run = [m for m in models if ours.get(m) is None]
+    """The whole document. ``summary``: run -> metric -> ``pipeline.stats.summarize``;
+    ``claims``: ``pipeline.stats.evaluate_claims``; ``generations``: model -> example_id ->
+    row of the seed in ``case_seeds`` (None: not run)."""
+    run = [m for m in models if summary.get(m)]
+    not_run = [m for m in models if not summary.get(m)]
+    controls_run = [c for c in controls if summary.get(c)]
     parts = [
         "# Results",
         "",
-        "Generated by `dvc repro report` (stages/report.py) from reports/metrics/*.json and "
-        "reports/generations/*.parquet; do not edit by hand. Rows marked *paper* are the papers' "
-        "published numbers (pipeline/paper_results.py), measured on different data (see below each table).",
+        "Generated by `dvc repro report` (stages/report.py) from reports/metrics/<run>/*.json and "
+        "reports/generations/<run>/*.parquet; do not edit by hand. Rows marked *paper* are the papers' "
+        "published numbers (pipeline/paper_results.py), measured on different data (see below each table). "
+        "Our rows are mean ± sd over training seeds (sample sd; reports/summary.json also has the 95% "
+        "t-interval of each mean).",
         "",
-        f"Evaluated: {', '.join(display(m) for m in run) or 'none yet'}."
+        f"Evaluated: {', '.join(f'{display(m)} ({_seeds(_n_seeds(summary[m]))})' for m in run) or 'none yet'}."
         + (f" Not run yet: {', '.join(display(m) for m in not_run)}." if not_run else ""),
+        "",
+        "Controls (one deterministic file each, stages/controls.py): *Gold (reference)* answers every "
+        "test turn with its reference response; *Constant reply* answers every turn with one fixed "
+        "sentence (params `evaluate.constant_reply`)."
+        + (
+            f" Not run yet: {', '.join(display(c) for c in controls if c not in controls_run)}."
+            if len(controls_run) < len(controls)
+            else ""
+        ),
         "",
         "## PEDNet Table 2: diversity and persona use",
         "",
-        comparison_table(PEDNET_COLUMNS, paper.PEDNET_TABLE2, ours, models, _pednet_format),
+        comparison_table(PEDNET_COLUMNS, paper.PEDNET_TABLE2, summary, models, controls, _pednet_unit),
         "",
-        f"**Paper**: {paper.PEDNET_SOURCE}; PEDNet at K = 15. {_ours_data(ours, source)} "
+        f"**Paper**: {paper.PEDNET_SOURCE}; PEDNet at K = 15. {_ours_data(summary, models, source)} "
         "Fractions, as the paper prints them.",
         "",
         "## GCL Table 2(a): relevance, diversity and informativeness",
         "",
-        comparison_table(GCL_COLUMNS, paper.GCL_TABLE2A, ours, models, _gcl_format),
+        comparison_table(GCL_COLUMNS, paper.GCL_TABLE2A, summary, models, controls, _gcl_unit),
         "",
-        f"**Paper**: {paper.GCL_SOURCE}. {_ours_data(ours, source)} "
+        f"**Paper**: {paper.GCL_SOURCE}. {_ours_data(summary, models, source)} "
         "Percent, as the paper prints them; Ent-1/2 in bits. Our embedding metrics use this "
         "project's word vectors (data/embeddings), and Coherence is measured against the query "
         "(the last context utterance), so they are comparable across our rows, not with the paper's.",
         "",
+        "## Persona use against a shuffled persona",
+        "",
+        persona_control_table(summary, models, controls),
+        "",
+        "The persona metrics again, scoring each response against another test dialogue's persona "
+        "(a fixed pairing: the dialogue half-way along in sorted order, skipping identical personas; "
+        "pipeline.metrics.shuffled_partners). Generic persona-like words score against any persona; "
+        "the gain (P-F1 − P-F1 shuffled) is what the own persona adds: about 0 for a reply that ignores it, "
+        "such as the constant one.",
+        "",
+        "## The papers' claims on our runs",
+        "",
+        claims_table(claims),
+        "",
+        f"Difference: higher − lower, each the mean over its seeds on the full test set. 95% CI: paired "
+        f"bootstrap, {bootstrap:,} replicates, each resampling the test examples (the same draw for both "
+        "runs) and each run's seeds; the percentile interval, centred on the difference "
+        "(pipeline/stats.py). Holds: yes if the CI is above 0, **no** if below, else not significant. "
+        "p: two-sided bootstrap p-value. All numbers in reports/claims.json.",
+        "",
         "## Case study (like PEDNet Table 4)",
         "",
     ]
+    note = _case_seeds_note(case_seeds or {})
+    if note:
+        parts += [note, ""]
     cases = pick_cases(generations, case_studies, case_ids)
     if not cases:
         parts.append("No generations yet.")

@@ -1,32 +1,176 @@
-"""Stage `report`: reports/results.md, this project's metrics beside the papers' tables and a
-case study. Models in params `report.models` without metrics or generations show "not run"."""
+"""Stage `report`: the runs of params `report.models` over the training seeds of params
+`seeds`, and the controls of `report.controls`.
+
+    python -m stages.report
+
+Reads reports/metrics/<run>/seed<K>.json and reports/generations/<run>/seed<K>.parquet
+(controls: control.json / control.parquet) and writes
+  reports/summary.json  run -> metric -> {mean, sd, ci95, n_seeds} over seeds,
+  reports/claims.json   the papers' claims (pipeline.stats.CLAIMS) under a paired bootstrap,
+  reports/results.md    the tables beside the papers', the claims and a case study,
+  reports/training.json how each run and seed stopped (reports/training/<run>/seed<K>.json).
+Seeds without files are left out (a run with none shows "not run"); files of seeds not in
+`seeds` are ignored, so a stale seed never slips into a mean.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 
-from pipeline import report
-from pipeline.io import InputError, atomic_path, load_params, run_stage
+from pipeline import metrics, report, stats
+from pipeline.io import InputError, atomic_path, load_params, run_stage, write_json
+from stages.evaluate import CONTROL, generations_path, metrics_path
 
 log = logging.getLogger(__name__)
 
+SUMMARY = "reports/summary.json"
+CLAIMS = "reports/claims.json"
+TRAINING = "reports/training.json"
 OUT = "reports/results.md"
 
 
-def main() -> None:
-    p = load_params("report")
-    source = load_params("fetch")["source"]  # declared as a param of this stage in dvc.yaml
-    models = list(p["models"])
-    if not models or len(set(models)) != len(models):
+def training_records(runs: list[str], seeds: list[int]) -> dict:
+    """{run: {"seeds": {seedK: record}, "summary": ...}} from each training stage's record."""
+    import json
+
+    from pipeline.train import training_record_path
+
+    out = {}
+    for run in runs:
+        records = {}
+        for k in seeds:
+            path = training_record_path(run, k)
+            if path.exists():
+                try:
+                    records[f"seed{k}"] = json.loads(path.read_text(encoding="utf-8"))
+                except json.JSONDecodeError as e:
+                    raise InputError(path, f"not JSON ({e.msg})") from None
+        if records:
+            values = list(records.values())
+            out[run] = {"seeds": records, "summary": {
+                **{key: stats.summarize([float(r[key]) for r in values])
+                   for key in ("epochs", "steps", "best_val_ppl", "lr_decays")},
+                "stopped": {why: sum(r["stopped"] == why for r in values) for why in sorted({r["stopped"] for r in values})},
+            }}
+    return out
+
+
+def training_table(records: dict) -> str:
+    """results.md section: how training ended, per run (mean ± sd over seeds)."""
+    def ms(v: dict, digits: int) -> str:
+        return f"{v['mean']:.{digits}f}" + (f" ± {v['sd']:.{digits}f}" if v.get("sd") is not None else "")
+
+    lines = ["## Training: to convergence", "",
+             "Every MLE run trains until early stopping fires on validation NLL after at least one LR "
+             "decay (params `train`); GCL runs fine-tune their reference for a fixed number of steps. "
+             "Mean ± sd over seeds; per seed in reports/training.json.", "",
+             "| Run | Epochs | Steps | Best valid PPL | LR decays | Stopped |", "|---|---|---|---|---|---|"]
+    for run, r in records.items():
+        s = r["summary"]
+        stopped = ", ".join(f"{why} × {n}" for why, n in s["stopped"].items())
+        lines.append(f"| {report.display(run)} | {ms(s['epochs'], 1)} | {ms(s['steps'], 0)} | "
+                     f"{ms(s['best_val_ppl'], 2)} | {ms(s['lr_decays'], 1)} | {stopped} |")
+    return "\n".join(lines) + "\n"
+
+
+def _names(p: dict, key: str, allow_empty: bool) -> list[str]:
+    value = p.get(key)
+    if not isinstance(value, list) or (not value and not allow_empty) or len(set(value)) != len(value):
+        what = "a list" if allow_empty else "a non-empty list"
+        raise InputError("params.yaml", f"report.{key} must be {what} without repeats, got {value}")
+    return [str(v) for v in value]
+
+
+def _seeds(params: dict) -> list[int]:
+    seeds = params.get("seeds")
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
         raise InputError(
-            "params.yaml", f"report.models must be a non-empty list without repeats, got {models}"
+            "params.yaml", f"top-level `seeds` must be a non-empty list of distinct ints >= 0, got {seeds}"
         )
-    ours = {m: report.load_metrics(f"reports/metrics/{m}.json") for m in models}
-    generations = {m: report.load_generations(f"reports/generations/{m}.parquet") for m in models}
-    for m in models:
-        log.info("%s: metrics %s, generations %s", m, "found" if ours[m] else "missing",
-                 f"{len(generations[m])} rows" if generations[m] else "missing")  # fmt: skip
-    text = report.render(ours, generations, models, str(source), p["case_studies"], p.get("case_ids") or [])
+    return sorted(seeds)
+
+
+def _count(p: dict, key: str, minimum: int) -> int:
+    value = p.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InputError("params.yaml", f"report.{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def main() -> None:
+    params = load_params()
+    if "report" not in params:
+        raise InputError("params.yaml", "missing section 'report'")
+    p = params["report"]
+    source = load_params("fetch")["source"]  # declared as a param of this stage in dvc.yaml
+    idf_missing = load_params("evaluate")["idf_missing"]
+    models = _names(p, "models", allow_empty=False)
+    controls = _names(p, "controls", allow_empty=True)
+    if both := sorted(set(models) & set(controls)):
+        raise InputError("params.yaml", f"report.models and report.controls share {both}")
+    replicates, bootstrap_seed = _count(p, "bootstrap", 1), _count(p, "bootstrap_seed", 0)
+    seeds = _seeds(params)
+    start = time.perf_counter()
+
+    # per run, the files it may have: [(stem, seed)], seed None for a control
+    files = {m: [(f"seed{k}", k) for k in seeds] for m in models} | {c: [(CONTROL, None)] for c in controls}
+    per_seed = {run: {} for run in files}
+    gens = {run: {} for run in files}
+    for run, stems in files.items():
+        for stem, seed in stems:
+            values = report.load_metrics(metrics_path(run, seed))
+            if values is not None:
+                per_seed[run][stem] = values
+            if Path(generations_path(run, seed)).exists():
+                gens[run][stem] = metrics.read_generations(generations_path(run, seed))
+        log.info("%s: metrics %s; generations %s", run, sorted(per_seed[run]) or "missing",
+                 sorted(gens[run]) or "missing")  # fmt: skip
+    summary = {}
+    for run, values in per_seed.items():
+        if values:
+            try:
+                summary[run] = stats.summarize_seeds(list(values.values()))
+            except ValueError as e:
+                raise InputError(f"reports/metrics/{run}", str(e)) from None
+
+    # statistics only for claims whose two runs both have generations (the rest: "not run")
+    have = [run for run in models if gens[run]]
+    needs = stats.metrics_by_run(c for c in stats.CLAIMS if c.lower in have and c.higher in have)
+    persona = any(m.startswith("persona_") for ms in needs.values() for m in ms)
+    idf = metrics.load_idf(metrics.PERSONA_IDF) if persona else None
+    example_stats = {
+        run: [
+            stats.example_stats(
+                gens[run][stem], needs.get(run, ()), idf, idf_missing, generations_path(run, seed)
+            )
+            for stem, seed in files[run]
+            if stem in gens[run]
+        ]
+        for run in have
+    }
+    claims = stats.evaluate_claims(stats.CLAIMS, example_stats, replicates, bootstrap_seed)
+    log.info("%d claims (%d not run) in %.1f s", len(claims), sum(c["holds"] == stats.NOT_RUN for c in claims),
+             time.perf_counter() - start)  # fmt: skip
+
+    case_seeds = {m: min(gens[m], key=lambda stem: int(stem[len("seed") :])) for m in models if gens[m]}
+    case_generations = {
+        m: report.by_example(gens[m][case_seeds[m]]) if m in case_seeds else None for m in models
+    }
+    text = report.render(summary, claims, case_generations, models, controls, str(source), p["case_studies"],
+                         p.get("case_ids") or [], case_seeds, replicates)  # fmt: skip
+    records = training_records(models, seeds)
+    if records:
+        text = text.rstrip("\n") + "\n\n" + training_table(records)
+    write_json(summary, SUMMARY)
+    write_json(claims, CLAIMS)
+    write_json(records, TRAINING)
     with atomic_path(OUT) as tmp:
         tmp.write_text(text, encoding="utf-8")
     log.info("wrote %s", OUT)

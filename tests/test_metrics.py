@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from pipeline import metrics
@@ -91,6 +92,71 @@ def test_the_shared_idf_table_loads():
     assert len(idf) > 18000
     assert idf["dog"] == pytest.approx(0.159232)
     assert max(idf.values()) == pytest.approx(metrics.IDF_MISSING)  # the rarest words get the missing value
+
+
+# ---------------------------------------------------------------- shuffled-persona control
+
+A, B, C = ["i have a dog", "i like tea"], ["i play golf", "i am tall"], ["i love pizza", "i sing"]
+
+
+def _by_dialogue(personas: list[list[str]], turns: int = 2) -> tuple[list[str], list[list[str]]]:
+    ids = [f"test-{d:05d}-{t:02d}" for d in range(len(personas)) for t in range(turns)]
+    return ids, [personas[d] for d in range(len(personas)) for _ in range(turns)]
+
+
+def test_dialogue_of():
+    assert metrics.dialogue_of("test-00428-05") == "test-00428"
+    with pytest.raises(ValueError, match="not '<split>-<dialogue>-<turn>'"):
+        metrics.dialogue_of("test00428")
+
+
+def test_shuffle_skips_itself_and_identical_personas():
+    # 6 dialogues, offset 6 // 2 = 3; dialogue 1 has A's sentences in another order (identical)
+    personas = [A, A[::-1], B, A, C, B]
+    ids, per_example = _by_dialogue(personas)
+    partners = metrics.shuffled_partners(ids, per_example)
+    # 0 -> 3 is A again, so 4; 1 -> 4; 2 -> 5 is B again, so 0; 3 -> 0, 1 are A, so 2; 4 -> 1; 5 -> 2 is B, so 3
+    assert partners == {
+        f"test-{a:05d}": f"test-{b:05d}" for a, b in [(0, 4), (1, 4), (2, 0), (3, 2), (4, 1), (5, 3)]
+    }
+    for d, other in partners.items():
+        assert d != other and set(personas[int(d[-5:])]) != set(personas[int(other[-5:])])
+    shuffled = metrics.shuffled_personas(ids, per_example)
+    assert shuffled[0] == shuffled[1] == C and shuffled[4] == A
+    # row order does not matter: the pairing is by sorted dialogue
+    assert metrics.shuffled_partners(ids[::-1], per_example[::-1]) == partners
+    # many dialogues sharing few personas (as Persona-Chat: ~8 dialogues a persona), in any sentence order
+    r = random.Random(0)
+    personas = [r.sample(r.choice([A, B, C]), 2) for _ in range(60)]
+    ids, per_example = _by_dialogue(personas)
+    for d, other in metrics.shuffled_partners(ids, per_example).items():
+        assert d != other and set(personas[int(d[-5:])]) != set(personas[int(other[-5:])])
+
+
+def test_shuffle_needs_two_personas_and_one_persona_per_dialogue():
+    ids, per_example = _by_dialogue([A, A[::-1], A])
+    with pytest.raises(ValueError, match="no dialogue has a persona other than test-00000's"):
+        metrics.shuffled_partners(ids, per_example)
+    ids, per_example = _by_dialogue([A, B])
+    per_example[1] = C
+    with pytest.raises(ValueError, match="test-00000 has different personas"):
+        metrics.shuffled_partners(ids, per_example)
+
+
+def test_persona_gain_copying_the_persona_against_a_constant_reply():
+    personas = [A, B, C, ["i read books", "i love to travel"]]
+    ids, per_example = _by_dialogue(personas, turns=3)
+    shuffled = metrics.shuffled_personas(ids, per_example)
+    copy = metrics.persona_control_metrics([p[0] for p in per_example], per_example, shuffled, {})
+    # own persona: every content word of sentence 1 -> R = P = F1 = 1; the partner's shares none
+    assert copy["persona_f1"] == pytest.approx(1.0) and copy["persona_f1_shuffled"] == 0.0
+    assert copy["persona_f1_gain"] == pytest.approx(1.0)
+    # "i love to read": {love, read} overlaps "i love pizza" (C) and "i love to travel" (D) alike
+    # whichever persona it is scored against: the pairing is a permutation of 4 dialogues
+    constant = metrics.persona_control_metrics(["i love to read ."] * len(ids), per_example, shuffled, {})
+    assert constant["persona_f1"] > 0.1
+    assert constant["persona_f1_gain"] == pytest.approx(0.0, abs=1e-12)
+    assert constant["persona_coverage_shuffled"] == pytest.approx(constant["persona_coverage"])
 
 
 # ---------------------------------------------------------------- BLEU
@@ -227,6 +293,7 @@ def test_evaluate_returns_every_metric(wv):
         references=["x y", "z"],
         queries=["y", "x"],
         personas=persona,
+        shuffled_personas=[["x is my job"], ["i like x"]],
         idf={},
         stats=metrics.NgramStats.from_texts(["x x x y"]),
         vectors=wv,
@@ -236,6 +303,11 @@ def test_evaluate_returns_every_metric(wv):
     assert out["distinct_1"] == 1.0 and out["distinct_2"] == 1.0 and out["distinct_3"] == 0.0
     # example 1 recall: "i like x" -> {like, x} overlap {x}: 1/2; "y is my job" -> {y, job}: 1/2
     assert out["persona_recall"] == pytest.approx(0.25)
+    # shuffled: "x y" against "x is my job" -> {x, job}, overlap {x}: R = P = 1/2, as against its own
+    # persona, so the mean R, P, F1 are the same and the gain is 0
+    assert out["persona_recall_shuffled"] == pytest.approx(0.25)
+    assert out["persona_f1_shuffled"] == pytest.approx(out["persona_f1"]) and out["persona_f1"] > 0
+    assert out["persona_f1_gain"] == pytest.approx(0.0)
     for key in metrics.METRIC_KEYS:
         if not key.startswith("entropy"):
             assert 0.0 <= out[key] <= 1.0 + 1e-12, key
@@ -243,11 +315,28 @@ def test_evaluate_returns_every_metric(wv):
 
 # ---------------------------------------------------------------- the stage
 
+GEN = "reports/generations/pednet/seed1.parquet"
+
+
+def _generations_table(test: dict, hypotheses: list[str]) -> pa.Table:
+    return pa.Table.from_pydict(
+        {
+            "example_id": test["example_id"],
+            "persona": test["persona"],
+            "context": test["query"],
+            "reference": test["response"],
+            "hypothesis": hypotheses,
+            "selected_persona": [0] * len(hypotheses),
+        },
+        schema=GENERATIONS,
+    )
+
 
 def _project(root: Path, hypotheses=None) -> Path:
     """data/prepared (tests/prepared.py), random vectors for its vocabulary, an idf table,
-    params and a generations file for `pednet` answering the test split."""
-    write_prepared(root)
+    params and seed 1's generations of `pednet` answering the test split."""
+    if not (root / "data/prepared/test.parquet").exists():
+        write_prepared(root)
     vocab = load_vocab(root / "data/prepared/vocab.parquet")
     rng = np.random.default_rng(0)
     write_parquet(to_table(vocab, rng.normal(size=(len(vocab), 8)).astype(np.float32)),
@@ -260,18 +349,7 @@ def _project(root: Path, hypotheses=None) -> Path:
         r = random.Random(1)
         hypotheses = [r.choice(test["response"]) for _ in test["response"]]
         hypotheses[0] = ""
-    table = pa.Table.from_pydict(
-        {
-            "example_id": test["example_id"],
-            "persona": test["persona"],
-            "context": test["query"],
-            "reference": test["response"],
-            "hypothesis": hypotheses,
-            "selected_persona": [0] * len(hypotheses),
-        },
-        schema=GENERATIONS,
-    )
-    write_parquet(table, root / "reports/generations/pednet.parquet")
+    write_parquet(_generations_table(test, hypotheses), root / GEN)
     return root
 
 
@@ -279,14 +357,15 @@ def test_stage_writes_exactly_the_metric_keys_deterministically(tmp_path, monkey
     from stages import evaluate
 
     monkeypatch.chdir(_project(tmp_path))
-    evaluate.main(["pednet"])
-    out = tmp_path / "reports/metrics/pednet.json"
+    evaluate.main(["pednet", "--seed", "1"])
+    out = tmp_path / "reports/metrics/pednet/seed1.json"
     first = out.read_bytes()
     values = json.loads(first)
     assert set(values) == set(metrics.METRIC_KEYS) | {"n_examples"}
     assert values["n_examples"] == len(read_parquet("data/prepared/test.parquet"))
     assert 0 < values["distinct_1"] < 1 and values["persona_recall"] > 0 and values["entropy_1"] > 0
-    evaluate.main(["pednet"])
+    assert values["persona_f1_gain"] == pytest.approx(values["persona_f1"] - values["persona_f1_shuffled"])
+    evaluate.main(["pednet", "--seed", "1"])
     assert out.read_bytes() == first
 
 
@@ -297,8 +376,8 @@ def test_stage_perfect_generations_score_one(tmp_path, monkeypatch):
     write_prepared(root)
     refs = read_parquet(root / "data/prepared/test.parquet").column("response").to_pylist()
     monkeypatch.chdir(_project(root, hypotheses=refs))
-    evaluate.main(["pednet"])
-    values = json.loads(Path("reports/metrics/pednet.json").read_text())
+    evaluate.main(["pednet", "--seed", "1"])
+    values = json.loads(Path("reports/metrics/pednet/seed1.json").read_text())
     # hypothesis == reference: BLEU 1 wherever the normalised reference has >= 4 tokens
     long_enough = np.mean([len(metrics.bleu_tokens(r)) >= 4 for r in refs])
     assert values["bleu_1"] == pytest.approx(1.0)
@@ -307,19 +386,92 @@ def test_stage_perfect_generations_score_one(tmp_path, monkeypatch):
         assert values[key] == pytest.approx(1.0)
 
 
+def test_stage_persona_control_on_the_test_split(tmp_path, monkeypatch):
+    from stages import evaluate
+
+    write_prepared(tmp_path)
+    test = read_parquet(tmp_path / "data/prepared/test.parquet").to_pydict()
+    # copy the own persona's first sentence: scores against its own persona, less against another
+    monkeypatch.chdir(_project(tmp_path, hypotheses=[p[0] for p in test["persona"]]))
+    evaluate.main(["pednet", "--seed", "1"])
+    values = json.loads(Path("reports/metrics/pednet/seed1.json").read_text())
+    assert values["persona_f1"] > 0.5 and values["persona_f1_gain"] > 0.3
+    assert values["persona_coverage"] > values["persona_coverage_shuffled"]
+
+
+def test_controls_stage_and_their_evaluation(tmp_path, monkeypatch):
+    from stages import controls, evaluate
+
+    monkeypatch.chdir(_project(tmp_path))
+    written = controls.main()
+    assert [str(p) for p in written] == [
+        "reports/generations/gold/control.parquet",
+        "reports/generations/constant/control.parquet",
+    ]
+    test = read_parquet("data/prepared/test.parquet").to_pydict()
+    gold = read_parquet(written[0])
+    constant = read_parquet(written[1])
+    assert gold.schema.equals(GENERATIONS) and constant.schema.equals(GENERATIONS)
+    assert gold.column("example_id").to_pylist() == test["example_id"]
+    assert gold.column("hypothesis").to_pylist() == test["response"] == gold.column("reference").to_pylist()
+    assert gold.column("context").to_pylist() == test["query"]
+    assert gold.column("persona").to_pylist() == test["persona"]
+    assert set(constant.column("hypothesis").to_pylist()) == {"i love to read ."}
+    assert gold.column("selected_persona").null_count == len(test["example_id"])
+    first = Path(written[1]).read_bytes()
+    controls.main()
+    assert Path(written[1]).read_bytes() == first  # byte-stable
+
+    for control in ("gold", "constant"):
+        evaluate.main([control])
+    gold_m = json.loads(Path("reports/metrics/gold/control.json").read_text())
+    const_m = json.loads(Path("reports/metrics/constant/control.json").read_text())
+    assert gold_m["bleu_1"] == pytest.approx(1.0) and gold_m["n_examples"] == len(test["example_id"])
+    # the constant: 5 unigrams ("i love to read .") over 5 per turn; no persona of its own to use
+    assert const_m["distinct_1"] == pytest.approx(5 / (5 * len(test["example_id"])))
+    assert abs(const_m["persona_f1_gain"]) < 0.05 < gold_m["persona_f1_gain"]
+
+
+def test_controls_stage_errors(tmp_path, monkeypatch):
+    from stages import controls
+
+    monkeypatch.chdir(_project(tmp_path))
+    write_params(tmp_path, evaluate={"constant_reply": "I love to read."})
+    with pytest.raises(InputError, match="not normalised text; write 'i love to read.'"):
+        controls.main()
+    write_params(tmp_path, evaluate={"constant_reply": ""})
+    with pytest.raises(InputError, match="non-empty string"):
+        controls.main()
+    write_params(tmp_path, evaluate={"constant_reply": "hi ."})
+    Path("data/prepared/test.parquet").unlink()
+    with pytest.raises(InputError, match="test.parquet: file not found"):
+        controls.main()
+
+
 def test_stage_errors(tmp_path, monkeypatch):
     from stages import evaluate
 
     monkeypatch.chdir(_project(tmp_path))
-    with pytest.raises(InputError, match="seq2seq.parquet: file not found"):
-        evaluate.main(["seq2seq"])
-    table = read_parquet("reports/generations/pednet.parquet")
-    write_parquet(table.drop_columns(["reference"]), "reports/generations/gpmn.parquet")
+    with pytest.raises(InputError, match="seq2seq/seed1.parquet: file not found"):
+        evaluate.main(["seq2seq", "--seed", "1"])
+    with pytest.raises(InputError, match="pednet/control.parquet: file not found"):
+        evaluate.main(["pednet"])  # no --seed: a control's file
+    with pytest.raises(InputError, match="run name"):
+        evaluate.main(["../pednet", "--seed", "1"])
+    with pytest.raises(InputError, match="--seed must be >= 0"):
+        evaluate.main(["pednet", "--seed", "-1"])
+    table = read_parquet(GEN)
+    write_parquet(table.drop_columns(["reference"]), "reports/generations/gpmn/seed1.parquet")
     with pytest.raises(InputError, match="missing column"):
-        evaluate.main(["gpmn"])
-    write_parquet(pa.concat_tables([table, table.slice(0, 1)]), "reports/generations/postks.parquet")
+        evaluate.main(["gpmn", "--seed", "1"])
+    write_parquet(pa.concat_tables([table, table.slice(0, 1)]), "reports/generations/postks/seed1.parquet")
     with pytest.raises(InputError, match="appears more than once"):
-        evaluate.main(["postks"])
-    write_parquet(table.slice(0, 0), "reports/generations/seq2seq.parquet")
+        evaluate.main(["postks", "--seed", "1"])
+    write_parquet(table.slice(0, 0), "reports/generations/seq2seq/seed1.parquet")
     with pytest.raises(InputError, match="no generations"):
-        evaluate.main(["seq2seq"])
+        evaluate.main(["seq2seq", "--seed", "1"])
+    one_dialogue = table.filter(pc.starts_with(table.column("example_id"), "test-00000-"))
+    write_parquet(one_dialogue, "reports/generations/seq2seq/seed2.parquet")
+    with pytest.raises(InputError, match="seq2seq/seed2.parquet: no dialogue has a persona other than"):
+        evaluate.main(["seq2seq", "--seed", "2"])
+    assert not Path("reports/metrics/seq2seq").exists()

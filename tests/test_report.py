@@ -1,4 +1,4 @@
-"""reports/results.md from fabricated metrics and generations."""
+"""reports/results.md, summary.json and claims.json from fabricated per-seed metrics and generations."""
 
 from __future__ import annotations
 
@@ -7,14 +7,22 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import yaml
 
-from pipeline import paper_results, report
+from pipeline import paper_results, report, stats
 from pipeline.io import InputError, write_json, write_parquet
-from pipeline.metrics import METRIC_KEYS
+from pipeline.metrics import METRIC_KEYS, read_generations
 from pipeline.schema import GENERATIONS, SILENCE
 from tests.prepared import write_params
 
 PERSONA = ["i have a big dog", "i play the guitar", "i live near the beach"]
+# run -> seed -> scale of its fake metrics; postks and seq2seq_gcl are not run
+SEEDS = {
+    "seq2seq": {1: 1.0, 2: 1.1, 3: 1.2},
+    "gpmn": {1: 1.5},
+    "pednet": {1: 2.0, 2: 2.0},
+    "pednet_gcl": {1: 3.0},
+}
 
 
 def fake_metrics(scale: float) -> dict:
@@ -23,7 +31,7 @@ def fake_metrics(scale: float) -> dict:
     return values
 
 
-def fake_generations(model: str, selected: list[int | None]) -> pa.Table:
+def fake_generations(model: str, selected: list[int | None], seed: int = 1) -> pa.Table:
     ids = [f"test-00000-{t:02d}" for t in range(5)]
     contexts = [SILENCE, "do you have pets ?", "what do you do ?", "where do you live ?", "cool !"]
     return pa.Table.from_pydict(
@@ -31,24 +39,39 @@ def fake_generations(model: str, selected: list[int | None]) -> pa.Table:
             "example_id": ids,
             "persona": [PERSONA] * 5,
             "context": contexts,
-            "reference": [f"reference {t}" for t in range(5)],
-            "hypothesis": [f"{model} says {t} | pipe" if t else "" for t in range(5)],
+            "reference": [f"reference {t} about my dog" for t in range(5)],
+            "hypothesis": [f"{model} s{seed} says {t} | pipe" if t else "" for t in range(5)],
             "selected_persona": selected,
         },
         schema=GENERATIONS,
     )
 
 
+def write_report_params(root: Path, seeds=(1, 2, 3), **sections) -> None:
+    """params.yaml with a top-level `seeds` list (write_params merges sections only)."""
+    path = write_params(root, **sections)
+    params = yaml.safe_load(path.read_text())
+    params["seeds"] = list(seeds)
+    path.write_text(yaml.safe_dump(params))
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """seq2seq and pednet evaluated; every other model of report.models not run."""
-    write_json(fake_metrics(1.0), tmp_path / "reports/metrics/seq2seq.json")
-    write_json(fake_metrics(2.0), tmp_path / "reports/metrics/pednet.json")
-    write_parquet(fake_generations("seq2seq", [None] * 5), tmp_path / "reports/generations/seq2seq.parquet")
-    write_parquet(
-        fake_generations("pednet", [0, 1, 2, 0, 1]), tmp_path / "reports/generations/pednet.parquet"
+    """The runs of SEEDS and both controls; a stale seed4 of seq2seq, not in `seeds`."""
+    for model, scales in SEEDS.items():
+        for seed, scale in scales.items():
+            write_json(fake_metrics(scale), tmp_path / f"reports/metrics/{model}/seed{seed}.json")
+            selected = [0, 1, 2, 0, 1] if model.startswith("pednet") else [None] * 5
+            write_parquet(fake_generations(model, selected, seed),
+                          tmp_path / f"reports/generations/{model}/seed{seed}.parquet")  # fmt: skip
+    write_json(fake_metrics(100.0), tmp_path / "reports/metrics/seq2seq/seed4.json")
+    write_json(fake_metrics(4.0), tmp_path / "reports/metrics/gold/control.json")
+    write_json(fake_metrics(0.4), tmp_path / "reports/metrics/constant/control.json")
+    (tmp_path / "data/persona_idf").mkdir(parents=True)
+    (tmp_path / "data/persona_idf/idf.tsv").write_text("dog\t0.16\n", encoding="utf-8")
+    write_report_params(
+        tmp_path, fetch={"source": "../shared/data/personachat"}, report={"case_studies": 2, "bootstrap": 200}
     )
-    write_params(tmp_path, fetch={"source": "../shared/data/personachat"}, report={"case_studies": 2})
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -59,6 +82,22 @@ def test_formats_follow_the_papers():
         "12.04", "3.995", "0.882", "0.231", "12.00", "10.81", "0.000",
     ]  # fmt: skip
     assert report.fmt_fraction(0.0367) == "0.037"
+    # mean ± sd: the sd to the decimals of the mean; one seed: the mean alone
+    one = {"mean": 0.0367, "sd": None}
+    assert (
+        report.fmt_summary("persona_f1", {"mean": 0.0367, "sd": 0.00412}, report._pednet_unit)
+        == "0.037 ± 0.004"
+    )
+    assert report.fmt_summary("persona_f1", one, report._pednet_unit) == "0.037"
+    assert report.fmt_summary("bleu_1", {"mean": 0.1204, "sd": 0.0031}, report._gcl_unit) == "12.04 ± 0.31"
+    assert report.fmt_summary("entropy_2", {"mean": 10.81, "sd": 0.1}, report._gcl_unit) == "10.81 ± 0.10"
+    # differences: signed, three significant digits
+    assert [report.fmt_signed(v) for v in (0.0148, -0.00063, 0.25, 0.0)] == [
+        "+0.0148",
+        "-0.000630",
+        "+0.250",
+        "0.000",
+    ]
 
 
 def test_paper_numbers_are_consistent():
@@ -78,42 +117,95 @@ def test_paper_numbers_are_consistent():
     assert paper_results.paper_fraction(paper_results.PEDNET_TABLE2, "pednet", "bleu_1") is None
 
 
-def test_stage_renders_tables_case_study_and_not_run(project):
+def test_stage_renders_tables_claims_case_study_and_not_run(project):
     from stages import report as stage
 
     stage.main()
     text = (project / "reports/results.md").read_text()
     lines = text.splitlines()
-    # PEDNet layout: fractions; paper row then ours
+    # PEDNet layout: fractions; paper row, then ours as mean ± sd over the seeds present
     assert "| Model | Source | Distinct-1 | Distinct-2 | P-R | P-P | P-F1 | P-Cover |" in lines
     assert "| Seq2Seq | *paper* | 0.018 | 0.064 | 0.048 | 0.030 | 0.037 | 0.016 |" in lines
-    assert "| Seq2Seq | **ours** | 0.012 | 0.012 | 0.012 | 0.012 | 0.012 | 0.012 |" in lines
-    assert "| PEDNet | **ours** | 0.025 | 0.025 | 0.025 | 0.025 | 0.025 | 0.025 |" in lines
-    # GCL layout: percent (0.0123 -> 1.230), entropies in bits
+    # seeds 1.0, 1.1, 1.2 x 0.0123: mean 0.01353, sd 0.00123 (seed4 is not in `seeds`)
+    assert "| Seq2Seq | **ours** (3 seeds) | " + " | ".join(["0.014 ± 0.001"] * 6) + " |" in lines
+    assert "| PEDNet | **ours** (2 seeds) | " + " | ".join(["0.025 ± 0.000"] * 6) + " |" in lines
+    assert "| PEDNet + GCL | **ours** (1 seed) | " + " | ".join(["0.037"] * 6) + " |" in lines
+    # the controls, in every table of metrics
+    assert "| Gold (reference) | *control* | " + " | ".join(["0.049"] * 6) + " |" in lines
+    assert "| Constant reply | *control* | " + " | ".join(["0.005"] * 6) + " |" in lines
+    assert text.count("| Gold (reference) | *control* |") == 3
+    # GCL layout: percent (1.353 ± 0.123), entropies in bits (7.150 ± 0.650)
     assert "| Seq2Seq + GCL | *paper* | 13.66 | 4.916 | 1.597 | 0.612 |" in text
-    assert "| Seq2Seq | **ours** | " + " | ".join(["1.230"] * 11) + " | 6.500 | 10.25 |" in lines
+    assert (
+        "| Seq2Seq | **ours** (3 seeds) | " + " | ".join(["1.353 ± 0.123"] * 11) + " | 7.150 ± 0.650 |"
+        in text
+    )
     assert "| Transformer | *paper* | 11.46 |" in text
-    # models without metrics: "not run", in both tables
-    assert text.count("| GPMN | **ours** | not run |") == 2
-    assert "Not run yet: GPMN, PostKS, Seq2Seq + GCL, PEDNet + GCL." in text
+    # not run: in both papers' tables and in the persona control
+    assert text.count("| PostKS | **ours** | not run |") == 3
+    assert (
+        "Evaluated: Seq2Seq (3 seeds), GPMN (1 seed), PEDNet (2 seeds), PEDNet + GCL (1 seed). "
+        "Not run yet: PostKS, Seq2Seq + GCL." in text
+    )
+    # the shuffled-persona control: every run and control
+    assert "| Model | Source | P-F1 | P-F1 shuffled | P-F1 gain | P-Cover | P-Cover shuffled |" in lines
+    assert "| GPMN | **ours** (1 seed) | 0.018 | 0.018 | 0.018 | 0.018 | 0.018 |" in lines
+    # the claims: computed where both runs have generations, else "not run"
+    assert "| Claim | Difference | 95% CI | p | Holds | Seeds (lower / higher) |" in lines
+    assert "| GPMN < PostKS on P-F1 (PEDNet Table 2) |  |  |  | not run | 1 / 0 |" in lines
+    claimed = [line for line in lines if line.startswith("| Seq2Seq < GPMN on P-F1 (PEDNet Table 2) | ")]
+    assert len(claimed) == 1 and claimed[0].endswith(" | 3 / 1 |") and "not run" not in claimed[0]
+    assert "| PEDNet < PEDNet + GCL on Dist-2 (GCL Table 2(a)) | " in text and "200 replicates" in text
     # the data each was measured on
     assert (
         "full Persona-Chat" in text and "`../shared/data/personachat`" in text and "(5 test examples)" in text
     )
-    # case study: two contexts, never the opening turn; selections shown as persona text
+    # case study: seed 1's responses; two contexts, never the opening turn
+    assert "Every model's responses are from its seed1 generations" in text
     assert text.count("Context: ") == 2 and "opens the dialogue" not in text
-    gens = {m: report.load_generations(f"reports/generations/{m}.parquet") for m in ("seq2seq", "pednet")}
+    gens = {m: report.by_example(read_generations(f"reports/generations/{m}/seed1.parquet")) for m in SEEDS}
     for example_id in report.pick_cases(gens, 2):
         t = int(example_id[-2:])
         sel = [0, 1, 2, 0, 1][t]
         # the response (its pipe escaped) and the persona sentence PEDNet chose
-        assert f"| PEDNet | pednet says {t} \\| pipe | {sel + 1}. {PERSONA[sel]} |" in lines
-    assert "| Seq2Seq | seq2seq says" in text and "| — |" in text  # no selection
-    assert "| GPMN | not run |  |" in text
+        assert f"| PEDNet | pednet s1 says {t} \\| pipe | {sel + 1}. {PERSONA[sel]} |" in lines
+    assert "| Seq2Seq | seq2seq s1 says" in text and "| — |" in text  # no selection
+    assert "| PostKS | not run |  |" in text
+
+
+def test_stage_writes_summary_and_claims_deterministically(project):
+    from stages import report as stage
+
+    stage.main()
+    summary = json.loads((project / "reports/summary.json").read_text())
+    assert sorted(summary) == ["constant", "gold", "gpmn", "pednet", "pednet_gcl", "seq2seq"]
+    assert set(summary["seq2seq"]) == set(METRIC_KEYS) | {"n_examples"}
+    expected = stats.summarize([0.0123 * s for s in (1.0, 1.1, 1.2)])
+    assert summary["seq2seq"]["persona_f1_gain"] == expected  # JSON keeps floats exactly
+    assert summary["seq2seq"]["persona_f1_gain"]["n_seeds"] == 3
+    assert summary["gold"]["bleu_1"] == {"mean": pytest.approx(0.0492), "sd": None,
+                                         "ci95": [pytest.approx(0.0492)] * 2, "n_seeds": 1}  # fmt: skip
+
+    claims = {c["id"]: c for c in json.loads((project / "reports/claims.json").read_text())}
+    assert list(claims) == [c.id for c in stats.CLAIMS]
+    done = claims["gcl_table2a:distinct_1:pednet<pednet_gcl"]
+    assert (
+        done["n_seeds"] == {"lower": 2, "higher": 1} and done["n_examples"] == 5 and done["bootstrap"] == 200
+    )
+    # every seed: 4 replies "<model> s<k> says <t> | pipe" (an empty one), 16 unigrams, 8 unique
+    assert done["difference"] == 0.0 and done["holds"] == stats.NOT_SIGNIFICANT
+    assert claims["pednet_table2:persona_f1:seq2seq<gpmn"]["n_seeds"] == {"lower": 3, "higher": 1}
+    assert claims["pednet_table2:persona_coverage:gpmn<postks"]["holds"] == stats.NOT_RUN
+    assert claims["gcl_table2a:bleu_4:seq2seq<seq2seq_gcl"]["n_seeds"] == {"lower": 3, "higher": 0}
+
+    outputs = ["reports/summary.json", "reports/claims.json", "reports/results.md"]
+    first = [(project / f).read_bytes() for f in outputs]
+    stage.main()
+    assert [(project / f).read_bytes() for f in outputs] == first
 
 
 def test_case_study_pick_is_deterministic_and_can_be_fixed(project):
-    gens = {m: report.load_generations(f"reports/generations/{m}.parquet") for m in ("seq2seq", "pednet")}
+    gens = {m: report.by_example(read_generations(f"reports/generations/{m}/seed1.parquet")) for m in SEEDS}
     picked = report.pick_cases(gens, 3)
     assert picked == report.pick_cases(dict(reversed(gens.items())), 3)
     assert len(picked) == 3 and "test-00000-00" not in picked  # the SILENCE turn is skipped
@@ -123,27 +215,59 @@ def test_case_study_pick_is_deterministic_and_can_be_fixed(project):
     assert report.pick_cases({"seq2seq": None}, 3) == []
 
 
+def test_case_study_uses_the_first_seed_present(project):
+    from stages import report as stage
+
+    (project / "reports/generations/seq2seq/seed1.parquet").unlink()
+    stage.main()
+    text = (project / "reports/results.md").read_text()
+    assert "Responses from: Seq2Seq seed2, GPMN seed1, PEDNet seed1, PEDNet + GCL seed1." in text
+    assert "| Seq2Seq | seq2seq s2 says" in text and "| PEDNet | pednet s1 says" in text
+    for model in ("gpmn", "pednet", "pednet_gcl"):
+        (project / f"reports/generations/{model}/seed1.parquet").unlink()
+    stage.main()
+    text = (project / "reports/results.md").read_text()
+    assert (
+        "Every model's responses are from its seed2 generations" in text and "| GPMN | not run |  |" in text
+    )
+
+
 def test_nothing_run_yet_renders(tmp_path, monkeypatch):
     from stages import report as stage
 
-    write_params(tmp_path)
+    write_report_params(tmp_path)
     monkeypatch.chdir(tmp_path)
     stage.main()
     text = Path("reports/results.md").read_text()
     assert "Evaluated: none yet." in text and "No generations yet." in text
     assert "| PEDNet | *paper* | 0.031 | 0.173 | 0.143 | 0.088 | 0.109 | 0.045 |" in text
+    assert "Not run yet: Gold (reference), Constant reply." in text
+    assert json.loads(Path("reports/summary.json").read_text()) == {}
+    claims = json.loads(Path("reports/claims.json").read_text())
+    assert len(claims) == len(stats.CLAIMS) and {c["holds"] for c in claims} == {stats.NOT_RUN}
 
 
 def test_bad_inputs(project):
     from stages import report as stage
 
-    (project / "reports/metrics/gpmn.json").write_text("{not json")
-    with pytest.raises(InputError, match="gpmn.json:1: not JSON"):
+    bad = project / "reports/metrics/postks/seed2.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="postks/seed2.json:1: not JSON"):
         stage.main()
-    (project / "reports/metrics/gpmn.json").write_text(json.dumps({"bleu_1": 0.1}))
+    bad.write_text(json.dumps({"bleu_1": 0.1}))
     with pytest.raises(InputError, match="missing metric"):
         stage.main()
-    (project / "reports/metrics/gpmn.json").unlink()
-    write_params(project, report={"models": ["pednet", "pednet"]})
+    bad.unlink()
+    write_report_params(project, report={"models": ["pednet", "pednet"]})
     with pytest.raises(InputError, match="without repeats"):
+        stage.main()
+    write_report_params(project, report={"models": ["pednet"], "controls": ["pednet"]})
+    with pytest.raises(InputError, match="share"):
+        stage.main()
+    write_report_params(project, report={"models": ["pednet"], "bootstrap": 0})
+    with pytest.raises(InputError, match="report.bootstrap must be an integer >= 1"):
+        stage.main()
+    write_report_params(project, seeds=[], report={"models": ["pednet"]})
+    with pytest.raises(InputError, match="`seeds` must be a non-empty list"):
         stage.main()

@@ -1,0 +1,351 @@
+"""Across-seed summaries and the papers' claims under a paired bootstrap.
+
+Every headline run is trained over several seeds, so a table cell is a mean ± sd over
+seeds (``summarize``), and "model B beats model A" is a claim with a confidence interval
+(``evaluate_claims``) rather than a comparison of two numbers.
+
+A claim "A < B on m" is tested on d = mean over seeds of m(B) − mean over seeds of m(A)
+on the full test set. Each bootstrap replicate draws test examples with replacement (the
+same draw for A and B: paired, matched by example_id) and, per run, its seeds with
+replacement, recomputes m on the drawn examples of each drawn seed and takes the
+difference of the seed means. Both sources of noise thus widen the interval: a claim
+that holds for one lucky seed does not hold here.
+
+The interval is the 2.5th..97.5th percentile of the replicate differences, shifted by
+(d − their mean) so that it is centred on d. Distinct-n needs the shift: a resample
+repeats examples, whose n-grams add to the total but never to the unique count, so
+Distinct of a resample is lower than on the test set (more so for the more diverse run);
+for averaged metrics the shift is ~0.
+
+Per-example statistics are computed once per (run, seed), so a replicate is a weighted
+sum (BLEU, persona metrics) or a sparse product (Distinct): all claims of the report take
+seconds, not the hours that rescoring text per replicate would.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import sparse
+from scipy import stats as scipy_stats
+
+from pipeline.io import InputError
+from pipeline.metrics import IDF_MISSING, bleu_tokens, ngrams, persona_scores
+
+NOT_RUN = "not run"
+NOT_SIGNIFICANT = "not significant"
+
+
+# ---------------------------------------------------------------- seeds of one run
+
+
+def summarize(values: Sequence[float]) -> dict:
+    """Mean, sample sd (ddof = 1) and the t-based 95% CI of the mean over seeds.
+
+    One seed has no spread: sd None and the CI collapses to the mean (JSON-safe, no NaN).
+    """
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to summarize")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"non-finite value among {values}")
+    mean = math.fsum(values) / n
+    if n == 1:
+        return {"mean": mean, "sd": None, "ci95": [mean, mean], "n_seeds": 1}
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(scipy_stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return {"mean": mean, "sd": sd, "ci95": [mean - half, mean + half], "n_seeds": n}
+
+
+def summarize_seeds(per_seed: Sequence[Mapping[str, object]]) -> dict[str, dict]:
+    """``summarize`` of every numeric value that each seed's metrics file has."""
+    if not per_seed:
+        raise ValueError("no seeds")
+    keys = set.intersection(
+        *(
+            {k for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            for m in per_seed
+        )
+    )
+    return {k: summarize([m[k] for m in per_seed]) for k in sorted(keys)}
+
+
+# ---------------------------------------------------------------- the claims
+
+
+@dataclass(frozen=True)
+class Claim:
+    """``paper`` reports ``metric`` of ``lower`` below that of ``higher``."""
+
+    paper: str
+    metric: str
+    lower: str
+    higher: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.paper}:{self.metric}:{self.lower}<{self.higher}"
+
+
+def ordering(paper: str, metric_names: Iterable[str], runs: Sequence[str]) -> list[Claim]:
+    """``runs`` in increasing order on each metric: one claim per adjacent pair."""
+    return [Claim(paper, m, a, b) for m in metric_names for a, b in zip(runs, runs[1:], strict=False)]
+
+
+def improvements(paper: str, metric_names: Iterable[str], pairs: Iterable[tuple[str, str]]) -> list[Claim]:
+    """(baseline, improved) pairs: the improved run above its baseline on each metric."""
+    return [Claim(paper, m, base, better) for base, better in pairs for m in metric_names]
+
+
+PEDNET_ORDER = ("seq2seq", "gpmn", "postks", "pednet")
+GCL_METRICS = ("distinct_1", "distinct_2", "distinct_3", "bleu_1", "bleu_2", "bleu_3", "bleu_4")
+
+# PEDNet Table 2: P-F1 and P-Cover rise Seq2Seq < GPMN < PostKS < PEDNet. GCL Table 2(a):
+# X + GCL above X on Dist-1/2/3 and BLEU-1..4. Add claims here (more generators, GCL Table 3).
+CLAIMS: tuple[Claim, ...] = (
+    *ordering("pednet_table2", ("persona_f1", "persona_coverage"), PEDNET_ORDER),
+    *improvements("gcl_table2a", GCL_METRICS, [("seq2seq", "seq2seq_gcl"), ("pednet", "pednet_gcl")]),
+)
+
+# metric -> the per-example statistics it is computed from
+_NEEDS = {
+    **{f"distinct_{n}": (f"ngrams_{n}",) for n in (1, 2, 3)},
+    **{f"bleu_{n}": ("bleu",) for n in (1, 2, 3, 4)},
+    "persona_recall": ("persona",),
+    "persona_precision": ("persona",),
+    "persona_f1": ("persona",),
+    "persona_coverage": ("persona",),
+}
+SUPPORTED_METRICS = tuple(_NEEDS)
+
+
+def metrics_by_run(claims: Iterable[Claim]) -> dict[str, set[str]]:
+    """run -> the metrics its claims need (what ``example_stats`` must prepare)."""
+    out: dict[str, set[str]] = {}
+    for c in claims:
+        if c.metric not in _NEEDS:
+            raise ValueError(
+                f"claim {c.id}: metric {c.metric!r} not supported ({', '.join(SUPPORTED_METRICS)})"
+            )
+        out.setdefault(c.lower, set()).add(c.metric)
+        out.setdefault(c.higher, set()).add(c.metric)
+    return out
+
+
+# ---------------------------------------------------------------- per-example statistics
+
+
+def sentence_bleu_1_4(reference: str, hypothesis: str) -> list[float]:
+    """``pipeline.metrics.sentence_bleu_1_4`` (NLTK 3.x sentence BLEU, method1, ε = 1e-12),
+    the same float operations in the same order, ~30x faster: NLTK's Fractions and
+    generality cost ~0.6 ms a sentence, which is most of the report's time otherwise."""
+    hyp = bleu_tokens(hypothesis)
+    if not hyp:
+        return [0.0] * 4
+    ref = bleu_tokens(reference)
+    fractions = []  # (clipped matches, n-gram count) per order, NLTK's modified_precision
+    for n in range(1, 5):
+        counts = Counter(ngrams(hyp, n))
+        ref_counts = Counter(ngrams(ref, n))
+        matches = sum(min(c, ref_counts[g]) for g, c in counts.items())
+        fractions.append((matches, max(1, sum(counts.values()))))
+    if fractions[0][0] == 0:
+        return [0.0] * 4
+    c, r = len(hyp), len(ref)
+    bp = 1 if c > r else math.exp(1 - r / c)
+    logs = [math.log(m / d if m else (m + 1e-12) / d) for m, d in fractions]
+    return [bp * math.exp(math.fsum(w * lg for w, lg in zip(weights, logs, strict=False)))
+            for weights in ((1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25))]  # fmt: skip
+
+
+@dataclass
+class ExampleStats:
+    """One (run, seed)'s test generations reduced to what the claims' metrics need.
+
+    Rows are in sorted example_id order. ``values``: additive per-example scores
+    (persona_recall / _precision / _coverage, bleu_1..4). ``ngrams``: n -> (examples ×
+    n-gram types binary incidence, n-grams per example), Distinct's numerator and
+    denominator for any multiset of examples.
+    """
+
+    source: str
+    example_ids: tuple[str, ...]
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    ngrams: dict[int, tuple[sparse.csr_matrix, np.ndarray]] = field(default_factory=dict)
+
+
+def _incidence(token_lists: Sequence[list[str]], n: int) -> tuple[sparse.csr_matrix, np.ndarray]:
+    ids: dict[tuple[str, ...], int] = {}
+    rows, cols, lengths = [], [], np.zeros(len(token_lists), dtype=np.int64)
+    for i, tokens in enumerate(token_lists):
+        grams = ngrams(tokens, n)
+        lengths[i] = len(grams)
+        for g in set(grams):
+            rows.append(i)
+            cols.append(ids.setdefault(g, len(ids)))
+    matrix = sparse.csr_matrix(
+        (
+            np.ones(len(rows), dtype=np.float32),
+            (np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)),
+        ),
+        shape=(len(token_lists), len(ids)),
+    )
+    return matrix, lengths
+
+
+def example_stats(
+    generations: Mapping[str, Sequence],
+    metric_names: Iterable[str],
+    idf: dict[str, float] | None = None,
+    idf_missing: float = IDF_MISSING,
+    source: str = "",
+) -> ExampleStats:
+    """Per-example statistics of a ``read_generations`` table for ``metric_names``
+    (persona metrics need the ``idf`` table)."""
+    order = sorted(range(len(generations["example_id"])), key=generations["example_id"].__getitem__)
+    ids = tuple(generations["example_id"][i] for i in order)
+    hyps = [generations["hypothesis"][i] for i in order]
+    needs = {need for m in metric_names for need in _NEEDS[m]}
+    out = ExampleStats(source, ids)
+    if "persona" in needs:
+        if idf is None:
+            raise ValueError("persona metrics need the idf table")
+        personas = generations["persona"]
+        scores = [persona_scores(h, personas[i], idf, idf_missing) for h, i in zip(hyps, order, strict=True)]
+        out.values["persona_recall"] = np.array([s.recall for s in scores], dtype=np.float64)
+        out.values["persona_precision"] = np.array([s.precision for s in scores], dtype=np.float64)
+        out.values["persona_coverage"] = np.array([s.coverage for s in scores], dtype=np.float64)
+    if "bleu" in needs:
+        refs = [generations["reference"][i] for i in order]
+        bleu = np.array([sentence_bleu_1_4(r, h) for r, h in zip(refs, hyps, strict=True)], dtype=np.float64)
+        for n in range(1, 5):
+            out.values[f"bleu_{n}"] = bleu.reshape(-1, 4)[:, n - 1].copy()
+    tokens = [h.split() for h in hyps]
+    for n in (1, 2, 3):
+        if f"ngrams_{n}" in needs:
+            out.ngrams[n] = _incidence(tokens, n)
+    return out
+
+
+def metric_on_resamples(stats: ExampleStats, metric: str, counts: np.ndarray, chunk: int = 128) -> np.ndarray:
+    """``metric`` on each row of ``counts`` [R, N] (how often each example is drawn; a row
+    of ones is the test set), exactly as pipeline.metrics defines it on that multiset."""
+    counts = np.asarray(counts, dtype=np.float64)
+    drawn = counts.sum(axis=1)
+    if metric.startswith("distinct_"):
+        incidence, lengths = stats.ngrams[int(metric.rsplit("_", 1)[1])]
+        totals = counts @ lengths
+        # a type is among the resample's unique n-grams iff some drawn example has it
+        by_type = incidence.T.tocsr()
+        unique = np.concatenate([
+            np.count_nonzero(by_type @ (counts[s : s + chunk] > 0).T.astype(np.float32), axis=0)
+            for s in range(0, len(counts), chunk)
+        ]) if by_type.shape[0] else np.zeros(len(counts))  # fmt: skip
+        return np.divide(unique, totals, out=np.zeros(len(counts)), where=totals > 0)
+    if metric == "persona_f1":  # of the averaged R and P (pipeline.metrics.persona_metrics)
+        r = counts @ stats.values["persona_recall"] / drawn
+        p = counts @ stats.values["persona_precision"] / drawn
+        return np.divide(2 * r * p, r + p, out=np.zeros(len(counts)), where=r + p > 0)
+    return counts @ stats.values[metric] / drawn
+
+
+def resample_counts(n_examples: int, replicates: int, seed: int) -> np.ndarray:
+    """[replicates, n_examples]: how often each example is drawn in each bootstrap replicate."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_examples, size=(replicates, n_examples))
+    flat = (draws + np.arange(replicates)[:, None] * n_examples).ravel()
+    return (
+        np.bincount(flat, minlength=replicates * n_examples)
+        .reshape(replicates, n_examples)
+        .astype(np.float64)
+    )
+
+
+# ---------------------------------------------------------------- testing a claim
+
+
+class _Bootstrap:
+    """One example resample per test-set size, shared by every claim, and each (run, seed,
+    metric)'s value on it computed once (a run is in several claims)."""
+
+    def __init__(self, replicates: int, seed: int):
+        self.replicates, self.seed = replicates, seed
+        self._counts: dict[int, np.ndarray] = {}
+        self._values: dict[tuple[int, str], tuple[float, np.ndarray]] = {}
+
+    def values(self, stats: ExampleStats, metric: str) -> tuple[float, np.ndarray]:
+        key = (id(stats), metric)
+        if key not in self._values:
+            n = len(stats.example_ids)
+            if n not in self._counts:
+                self._counts[n] = resample_counts(n, self.replicates, self.seed)
+            full = float(metric_on_resamples(stats, metric, np.ones((1, n)))[0])
+            self._values[key] = (full, metric_on_resamples(stats, metric, self._counts[n]))
+        return self._values[key]
+
+
+def _seed_means(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """values [seeds, R] -> [R]: per replicate, the mean over a resample of the seeds."""
+    n_seeds, replicates = values.shape
+    pick = rng.integers(0, n_seeds, size=(replicates, n_seeds))
+    return values.T[np.arange(replicates)[:, None], pick].mean(axis=1)
+
+
+def _not_run(claim: Claim, n_lower: int, n_higher: int, replicates: int) -> dict:
+    return {
+        "id": claim.id, "paper": claim.paper, "metric": claim.metric, "lower": claim.lower,
+        "higher": claim.higher, "difference": None, "ci95": None, "p_value": None, "holds": NOT_RUN,
+        "means": None, "n_seeds": {"lower": n_lower, "higher": n_higher}, "n_examples": None,
+        "bootstrap": replicates,
+    }  # fmt: skip
+
+
+def judge_claim(claim: Claim, runs: Mapping[str, Sequence[ExampleStats]], boot: _Bootstrap) -> dict:
+    lower, higher = list(runs.get(claim.lower) or []), list(runs.get(claim.higher) or [])
+    if not lower or not higher:
+        return _not_run(claim, len(lower), len(higher), boot.replicates)
+    reference = lower[0]
+    for s in lower[1:] + higher:
+        if s.example_ids != reference.example_ids:
+            raise InputError(
+                s.source,
+                f"its test examples differ from {reference.source}'s: claim {claim.id} pairs them by example_id",
+            )
+    full_lower, rep_lower = zip(*(boot.values(s, claim.metric) for s in lower), strict=True)
+    full_higher, rep_higher = zip(*(boot.values(s, claim.metric) for s in higher), strict=True)
+    mean_lower, mean_higher = math.fsum(full_lower) / len(lower), math.fsum(full_higher) / len(higher)
+    difference = mean_higher - mean_lower
+    # the seed draws: per claim, so that a claim's result does not depend on the others
+    rng = np.random.default_rng([boot.seed, zlib.crc32(claim.id.encode())])
+    replicates = _seed_means(np.array(rep_higher), rng) - _seed_means(np.array(rep_lower), rng)
+    centred = replicates - replicates.mean() + difference
+    lo, hi = (float(q) for q in np.percentile(centred, [2.5, 97.5]))
+    tail = min(int(np.count_nonzero(centred <= 0)), int(np.count_nonzero(centred >= 0)))
+    holds: bool | str = True if lo > 0 else False if hi < 0 else NOT_SIGNIFICANT
+    return {
+        "id": claim.id, "paper": claim.paper, "metric": claim.metric, "lower": claim.lower,
+        "higher": claim.higher, "difference": difference, "ci95": [lo, hi],
+        "p_value": min(1.0, 2 * (tail + 1) / (boot.replicates + 1)), "holds": holds,
+        "means": {"lower": mean_lower, "higher": mean_higher},
+        "n_seeds": {"lower": len(lower), "higher": len(higher)}, "n_examples": len(reference.example_ids),
+        "bootstrap": boot.replicates,
+    }  # fmt: skip
+
+
+def evaluate_claims(
+    claims: Sequence[Claim], runs: Mapping[str, Sequence[ExampleStats]], replicates: int = 1000, seed: int = 1
+) -> list[dict]:
+    """One entry per claim, in order: ``difference`` (higher − lower, seed means on the test
+    set), ``ci95``, ``holds`` (True: CI above 0, False: below 0, else "not significant";
+    "not run" when a run has no seeds), a two-sided bootstrap ``p_value`` and the sizes.
+    ``runs``: run -> its seeds' ExampleStats (``example_stats``)."""
+    if replicates < 1:
+        raise ValueError(f"need at least one bootstrap replicate, got {replicates}")
+    boot = _Bootstrap(replicates, seed)
+    return [judge_claim(c, runs, boot) for c in claims]
