@@ -240,10 +240,11 @@ def format_scores(result: dict) -> str:
 
 def _export(args: argparse.Namespace) -> None:
     directory = Path(args.generations_dir)
-    models = args.models or [m for m in MODELS + GCL_MODELS if (directory / f"{m}.parquet").exists()]
+    stem = f"seed{args.training_seed}.parquet"  # which training seed's generations are rated
+    models = args.models or [m for m in MODELS + GCL_MODELS if (directory / m / stem).exists()]
     if not models:
-        raise InputError(directory, "no generations found (run the generators first)")
-    generations = {m: read_generations(directory / f"{m}.parquet") for m in models}
+        raise InputError(directory, f"no generations found (*/{stem}; run the generators first)")
+    generations = {m: read_generations(directory / m / stem) for m in models}
     try:
         sheet, key = build_sheet(generations, args.examples, args.seed)
     except ValueError as e:
@@ -270,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="write a blind, shuffled annotation sheet and its key")
     ex.add_argument("--generations-dir", default="reports/generations")
+    ex.add_argument("--training-seed", type=int, default=1, help="rate <dir>/<model>/seed<K>.parquet")
     ex.add_argument("--models", nargs="+", help="default: every model with a generations file")
     ex.add_argument("--examples", type=int, default=100, help="test examples (each rated for every model)")
     ex.add_argument("--seed", type=int, default=0)

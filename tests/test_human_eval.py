@@ -56,7 +56,7 @@ def write_generations(directory: Path, n: int = 12) -> None:
             },
             schema=GENERATIONS,
         )
-        write_parquet(table, directory / f"{model}.parquet")
+        write_parquet(table, directory / model / "seed1.parquet")
 
 
 def fill(sheet: Path, key: Path, out: Path, noise: int = 0) -> Path:

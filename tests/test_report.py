@@ -271,3 +271,28 @@ def test_bad_inputs(project):
     write_report_params(project, seeds=[], report={"models": ["pednet"]})
     with pytest.raises(InputError, match="`seeds` must be a non-empty list"):
         stage.main()
+
+
+def test_training_records_are_collected(project):
+    from stages import report as stage
+
+    def record(epochs: int, stopped: str) -> dict:
+        return {"epochs": epochs, "steps": epochs * 10, "best_val_ppl": 50.0 + epochs, "lr_decays": 1,
+                "stopped": stopped, "seed": 1}
+
+    write_json(record(8, "early_stopping"), project / "reports/training/seq2seq/seed1.json")
+    write_json(record(10, "early_stopping"), project / "reports/training/seq2seq/seed2.json")
+    write_json(record(40, "max_epochs"), project / "reports/training/seq2seq/seed3.json")
+    write_json(record(99, "max_epochs"), project / "reports/training/seq2seq/seed4.json")  # not in `seeds`
+    stage.main()
+    training = json.loads((project / "reports/training.json").read_text())
+    assert list(training) == ["seq2seq"] and sorted(training["seq2seq"]["seeds"]) == ["seed1", "seed2", "seed3"]
+    summary = training["seq2seq"]["summary"]
+    assert summary["epochs"]["mean"] == pytest.approx(58 / 3) and summary["epochs"]["n_seeds"] == 3
+    assert summary["stopped"] == {"early_stopping": 2, "max_epochs": 1}
+    text = (project / "reports/results.md").read_text()
+    assert "## Training: to convergence" in text and "early_stopping × 2, max_epochs × 1" in text
+
+    (project / "reports/training/seq2seq/seed2.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(InputError, match="seed2.json: not JSON"):
+        stage.main()
