@@ -57,7 +57,6 @@ def full_repro() -> dict:
     """`dvc repro` of the committed pipeline from scratch (a clone of HEAD, no DVC cache, the
     shared data beside it as in CI): wall minutes and the peak RSS of any one process."""
     import resource
-    import shutil
 
     with tempfile.TemporaryDirectory(prefix="repro-", dir=ROOT.parent) as tmp:
         clone = Path(tmp) / "clone"

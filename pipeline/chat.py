@@ -79,6 +79,8 @@ def resolve_checkpoint(model: str, checkpoints: Path = CHECKPOINTS, seed: int = 
     """A checkpoint file, a run directory (its best.pt) or a run name
     (checkpoints/<name>/seed<seed>/best.pt)."""
     path = Path(model)
+    if path.is_dir() and not (path / "best.pt").exists() and (path / f"seed{seed}" / "best.pt").exists():
+        path = path / f"seed{seed}"  # a run directory: its seed's checkpoint
     if path.is_dir():
         if not (path / "best.pt").exists():
             raise InputError(path, "directory without a best.pt (not a trained run)")

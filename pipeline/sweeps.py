@@ -5,11 +5,13 @@
     python -m pipeline.sweeps collect                                    # tables + plots
 
 Each point is an experiment named ``sweep-<sweep>-<value>`` that reproduces only up to its
-model's ``evaluate`` stage (preprocessing and unrelated models are restored from the
-cache). The baseline's own value is the committed run (HEAD) itself, not an experiment.
-``collect`` reads every point's metrics from its experiment and writes
-``reports/sweeps/<sweep>.csv`` (drawn by ``dvc plots show``, see dvc.yaml), a PNG beside it
-and ``reports/sweeps.md``.
+run's ``evaluate`` stages, one per training seed of params ``seeds`` (``evaluate@pednet-1``,
+``evaluate@pednet-2``, ...; preprocessing and unrelated runs are restored from the cache).
+The baseline's own value is the committed run (HEAD) itself, not an experiment.
+``collect`` reads every seed's metrics (``reports/metrics/<run>/seed<K>.json``) of every
+point and writes ``reports/sweeps/<sweep>.csv`` (per metric the mean over seeds, ``_sd``
+and the 95% CI ``_lo`` .. ``_hi``, and ``n_seeds``; ``dvc plots show`` draws the means, see
+dvc.yaml), a PNG beside it with 95% CI error bars, and ``reports/sweeps.md``.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import argparse
 import csv
 import json
 import logging
+import math
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.io import atomic_path, run_stage
+from pipeline.io import InputError, atomic_path, run_stage
+from pipeline.stats import summarize
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +40,15 @@ COLUMNS = ("distinct_1", "distinct_2", "distinct_3", "persona_recall", "persona_
 class Sweep:
     param: str             # dotted params.yaml key
     values: tuple
-    model: str             # whose reports/metrics/<model>.json is read
+    model: str             # the run whose reports/metrics/<model>/seed<K>.json are read
     title: str
 
-    @property
-    def target(self) -> str:
-        return f"evaluate@{self.model}"
+    def targets(self, seeds: list[int]) -> list[str]:
+        """The run's evaluate stage of every seed (the dvc.yaml matrix ``evaluate@<run>-<K>``)."""
+        return [f"evaluate@{self.model}-{seed}" for seed in seeds]
+
+    def metrics_path(self, seed: int) -> str:
+        return f"reports/metrics/{self.model}/seed{seed}.json"
 
 
 SWEEPS = {
@@ -65,6 +72,15 @@ def lookup(params: dict, dotted: str):
     return node
 
 
+def seeds_of(params: dict) -> list[int]:
+    """The training seeds of params ``seeds`` (every sweep point trains each of them)."""
+    seeds = params.get("seeds")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise InputError("params.yaml", f"seeds must be a non-empty list of integers, got {seeds!r}")
+    return seeds
+
+
 def _dvc(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
     dvc = str(Path(sys.executable).parent / "dvc")
     return subprocess.run([dvc, *args], check=True, text=True, capture_output=capture)
@@ -75,6 +91,7 @@ def queue(names: list[str], values: list | None = None) -> list[str]:
     import dvc.api
 
     base = dvc.api.params_show(rev="HEAD")
+    seeds = seeds_of(base)
     queued = []
     for name in names:
         sweep = SWEEPS[name]
@@ -82,7 +99,7 @@ def queue(names: list[str], values: list | None = None) -> list[str]:
             if value == lookup(base, sweep.param):
                 continue  # the committed run is this point
             exp = experiment_name(name, value)
-            _dvc("exp", "run", "--queue", "--name", exp, "-S", f"{sweep.param}={value}", sweep.target)
+            _dvc("exp", "run", "--queue", "--name", exp, "-S", f"{sweep.param}={value}", *sweep.targets(seeds))
             queued.append(exp)
     return queued
 
@@ -97,27 +114,60 @@ def _read_json(path: str, rev: str | None) -> dict | None:
         return None
 
 
+def _complete(metrics: dict) -> bool:
+    return all(isinstance(v := metrics.get(k), int | float) and not isinstance(v, bool) and math.isfinite(v)
+               for k in COLUMNS)
+
+
+def summary_row(per_seed: list[dict]) -> dict:
+    """Per metric of COLUMNS: ``m`` (mean over seeds), ``m_sd`` (None for one seed) and the
+    95% CI ``m_lo`` .. ``m_hi``; ``n_seeds``. No seeds: ``n_seeds`` 0 and no metrics."""
+    row: dict = {"n_seeds": len(per_seed)}
+    if not per_seed:
+        return row
+    for key in COLUMNS:
+        s = summarize([m[key] for m in per_seed])
+        row.update({key: s["mean"], f"{key}_sd": s["sd"], f"{key}_lo": s["ci95"][0], f"{key}_hi": s["ci95"][1]})
+    return row
+
+
 def points(name: str, base_params: dict, read=_read_json) -> list[dict]:
-    """One row per sweep value: the value, where it came from (HEAD or the experiment) and
-    the model's metrics (none: the point was not run)."""
+    """One row per sweep value: the value, where it came from (HEAD or the experiment), the
+    seeds found and the summary over them of the run's metrics (``summary_row``); a point
+    without any seed's metrics was not run. Every point reads the seeds of HEAD's ``seeds``."""
     sweep = SWEEPS[name]
     base_value = lookup(base_params, sweep.param)
-    path = f"reports/metrics/{sweep.model}.json"
+    seeds = seeds_of(base_params)
     rows = []
     for value in sorted({*sweep.values, base_value}):  # the committed run is a point either way
         rev = "HEAD" if value == base_value else experiment_name(name, value)
-        metrics = read(path, rev)
-        rows.append({"value": value, "source": rev, **({k: metrics.get(k) for k in COLUMNS}
-                                                                   if metrics else {})})
+        found, per_seed = [], []
+        for seed in seeds:
+            metrics = read(sweep.metrics_path(seed), rev)
+            if metrics is None:
+                continue
+            if not _complete(metrics):
+                log.warning("%s@%s: missing some of %s; seed %d left out", sweep.metrics_path(seed), rev,
+                            ", ".join(COLUMNS), seed)
+                continue
+            found.append(seed)
+            per_seed.append(metrics)
+        rows.append({"value": value, "source": rev, "seeds": found, **summary_row(per_seed)})
     return rows
 
 
+def csv_fields() -> list[str]:
+    return ["value", "source", "n_seeds", *(f"{k}{suffix}" for k in COLUMNS for suffix in ("", "_sd", "_lo", "_hi"))]
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
+    """The points with at least one seed; an sd of one seed is an empty cell."""
+    fields = csv_fields()
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["value", "source", *COLUMNS], lineterminator="\n")
+        w = csv.DictWriter(f, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
         for row in rows:
-            if all(row.get(k) is not None for k in COLUMNS):
+            if row["n_seeds"]:
                 w.writerow(row)
 
 
@@ -128,33 +178,48 @@ def plot(name: str, rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sweep = SWEEPS[name]
-    done = [r for r in rows if r.get("persona_f1") is not None]
+    done = [r for r in rows if r["n_seeds"]]
+    counts = sorted({r["n_seeds"] for r in done})
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}" if counts else "no"
     fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.2), constrained_layout=True)
     for ax, key in zip(axes, PLOTTED, strict=True):
-        ax.plot([r["value"] for r in done], [r[key] for r in done], marker="o")
+        means = [r[key] for r in done]
+        below = [m - r[f"{key}_lo"] for m, r in zip(means, done, strict=True)]
+        above = [r[f"{key}_hi"] - m for m, r in zip(means, done, strict=True)]
+        ax.errorbar([r["value"] for r in done], means, yerr=[below, above], marker="o", capsize=3)
         ax.set_xlabel(sweep.param)
         ax.set_title(key)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{sweep.title}: test split of the shared slice")
+    fig.suptitle(f"{sweep.title}\ntest split of the shared slice: mean and 95% CI over {seeds} training seeds")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})  # no timestamp: stable bytes
     plt.close(fig)
+
+
+def _cell(row: dict, key: str) -> str:
+    if key not in row:
+        return "not run"
+    sd = row[f"{key}_sd"]
+    return f"{row[key]:.4f}" if sd is None else f"{row[key]:.4f} ± {sd:.4f}"
 
 
 def render(tables: dict[str, list[dict]]) -> str:
     lines = ["# Parameter sweeps", "",
              "Queued DVC experiments on the shared slice (test split), collected by",
              "`python -m pipeline.sweeps collect`; every other parameter at its `params.yaml` default.",
-             "The row marked HEAD is the committed run. Plots: `reports/sweeps/*.png`, or",
-             "`dvc plots show` for the interactive HTML.", ""]
+             "Each cell is the mean ± sd over the training seeds (params `seeds`; the column `seeds`",
+             "lists those found); the 95% CIs are in `reports/sweeps/*.csv` (`<metric>_lo`, `_hi`)",
+             "and the plots' error bars. The row marked HEAD is the committed run. Plots:",
+             "`reports/sweeps/*.png`, or `dvc plots show` for the interactive HTML (means).", ""]
     for name, rows in tables.items():
         sweep = SWEEPS[name]
-        lines += [f"## {sweep.title}", "", f"`{sweep.param}`, model `{sweep.model}`", "",
-                  "| " + " | ".join([sweep.param, *COLUMNS, "run"]) + " |",
-                  "|" + "---|" * (len(COLUMNS) + 2)]
+        lines += [f"## {sweep.title}", "", f"`{sweep.param}`, run `{sweep.model}`", "",
+                  "| " + " | ".join([sweep.param, *COLUMNS, "seeds", "run"]) + " |",
+                  "|" + "---|" * (len(COLUMNS) + 3)]
         for r in rows:
-            cells = ["not run" if r.get(k) is None else f"{r[k]:.4f}" for k in COLUMNS]
-            lines.append(f"| {r['value']} | " + " | ".join(cells) + f" | {r['source']} |")
+            cells = [_cell(r, k) for k in COLUMNS]
+            found = ", ".join(map(str, r["seeds"])) or "none"
+            lines.append(f"| {r['value']} | " + " | ".join(cells) + f" | {found} | {r['source']} |")
         lines.append("")
     return "\n".join(lines)
 

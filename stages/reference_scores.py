@@ -1,9 +1,9 @@
 """Cache the frozen reference's log p_n(r | c) for every group pair:
-``python -m stages.reference_scores <model>`` (dvc stage ``reference_scores@<model>``).
+``python -m stages.reference_scores <model> --seed K`` (dvc stage ``reference_scores@<model>-<K>``).
 
-Reads checkpoints/<model>/best.pt (the MLE-trained reference, run in eval mode),
-data/scored_groups/train.parquet and the model's inputs; writes
-data/reference_scores/<model>/train.parquet (schema.REFERENCE_SCORES).
+Reads checkpoints/<model>/seed<K>/best.pt (the MLE-trained reference, run in eval mode and
+in the training precision), data/scored_groups/train.parquet and the model's inputs; writes
+data/reference_scores/<model>/seed<K>/train.parquet (schema.REFERENCE_SCORES).
 """
 
 from __future__ import annotations

@@ -43,10 +43,15 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 def set_params(repo: Path, overrides: dict) -> None:
+    """Update params.yaml sections key by key; a top-level value that is not a section
+    (``seeds: [1, 2]``) is replaced."""
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
     for section, values in overrides.items():
-        params.setdefault(section, {}).update(values)
+        if isinstance(values, dict) and isinstance(params.get(section), dict):
+            params[section].update(values)
+        else:
+            params[section] = values
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -21,6 +21,7 @@ from pipeline.chat import (
     normalize_persona,
     normalize_utterance,
     read_persona_file,
+    resolve_checkpoint,
 )
 from pipeline.dataset import Vocab, load_split
 from pipeline.decode import generate_rows
@@ -36,7 +37,8 @@ PERSONA = ["I have a big dog.", "i work as a nurse at the hospital .", "My favor
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    """A run directory: data/ of the tiny corpus and checkpoints/<model>/best.pt of each model."""
+    """A run directory: data/ of the tiny corpus and checkpoints/<model>/seed1/best.pt of each
+    model (the layout of the train stages, seed 1)."""
     root = tmp_path_factory.mktemp("chat")
     data = write_model_inputs(root, k_max=5)
     for name in MODELS:
@@ -44,8 +46,8 @@ def root(tmp_path_factory) -> Path:
         epochs = 8 if name in ("seq2seq", "pednet") else 2
         params = tiny_params(train={"epochs": epochs, "lr": 0.01}, pednet={"k": 2},
                              postks={"bow_warmup_epochs": 0})
-        train(name, params, data_dir=data, checkpoint_dir=root / "checkpoints" / name,
-              live_dir=root / "live" / name)
+        train(name, params, data_dir=data, checkpoint_dir=root / "checkpoints" / name / "seed1",
+              live_dir=root / "live" / name / "seed1")
     return root
 
 
@@ -80,7 +82,7 @@ def test_seq2seq_by_run_name_replies_and_quits(root):
 
 
 def test_pednet_shows_the_selected_persona_every_turn(root):
-    args = ["--model", "checkpoints/pednet/best.pt", "--beam", "2"]
+    args = ["--model", "checkpoints/pednet/seed1/best.pt", "--beam", "2"]
     for p in PERSONA:
         args += ["--persona", p]
     turns = ["Do you have any pets?", "what do you do for work?", "What do you like to eat?"]
@@ -121,6 +123,29 @@ def test_persona_file(tmp_path):
         read_persona_file(tmp_path / "missing.txt")
 
 
+def test_run_name_and_seed_resolve_to_the_seed_directory(tmp_path):
+    for run, seed in (("seq2seq", 1), ("seq2seq", 2), ("pednet", 3)):
+        (tmp_path / run / f"seed{seed}").mkdir(parents=True)
+        (tmp_path / run / f"seed{seed}" / "best.pt").write_bytes(b"")
+    assert resolve_checkpoint("seq2seq", tmp_path) == tmp_path / "seq2seq" / "seed1" / "best.pt"  # default seed 1
+    assert resolve_checkpoint("seq2seq", tmp_path, seed=2) == tmp_path / "seq2seq" / "seed2" / "best.pt"
+    assert resolve_checkpoint("pednet", tmp_path, seed=3) == tmp_path / "pednet" / "seed3" / "best.pt"
+    # a run directory (one seed's) and a file are taken as they are, whatever --seed says
+    seed2 = tmp_path / "seq2seq" / "seed2"
+    assert resolve_checkpoint(str(seed2), tmp_path, seed=1) == seed2 / "best.pt"
+    assert resolve_checkpoint(str(seed2 / "best.pt"), tmp_path, seed=3) == seed2 / "best.pt"
+    with pytest.raises(InputError, match=r"no trained model 'pednet' \(trained: pednet \(seed3\), "
+                                         r"seq2seq \(seed1\), seq2seq \(seed2\)\)"):
+        resolve_checkpoint("pednet", tmp_path)
+
+
+def test_missing_seed_of_a_run_exits_2_with_one_line(root):
+    out = chat(root, "--model", "seq2seq", "--seed", "2")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("error: checkpoints/seq2seq/seed2/best.pt: no trained model 'seq2seq' (trained: ")
+    assert "seq2seq (seed1)" in out.stderr and out.stderr.count("\n") == 1
+
+
 def test_bad_checkpoint_exits_2_with_one_line(root):
     out = chat(root, "--model", "checkpoints/nothere/best.pt")
     assert out.returncode == 2
@@ -132,7 +157,7 @@ def test_bad_checkpoint_exits_2_with_one_line(root):
 @pytest.mark.parametrize("name", MODELS)
 def test_reply_equals_generation_of_the_same_turn(root, vocab, name):
     """Chat encodes a turn exactly as load_split + generate_rows do (same reply, same pick)."""
-    model = load_trained(root / "checkpoints" / name / "best.pt", vocab)
+    model = load_trained(root / "checkpoints" / name / "seed1" / "best.pt", vocab)
     data = root / "data"
     ds = load_split("test", vocab, type(model).data_config(model.params), data)
     rows = generate_rows(model, ds, batch_size=1, max_len=12)
@@ -147,7 +172,7 @@ def test_reply_equals_generation_of_the_same_turn(root, vocab, name):
 
 
 def test_history_is_kept_and_reset(root, vocab):
-    c = Chat(load_trained(root / "checkpoints" / "seq2seq" / "best.pt", vocab), vocab)
+    c = Chat(load_trained(root / "checkpoints" / "seq2seq" / "seed1" / "best.pt", vocab), vocab)
     c.reply("hi how are you today ?")
     r = c.reply("do you have pets ?")
     assert c.history == [("hi how are you today ?", c.history[0][1]), ("do you have pets ?", r.text)]
@@ -156,7 +181,7 @@ def test_history_is_kept_and_reset(root, vocab):
 
 
 def test_persona_model_needs_a_persona(root, vocab):
-    c = Chat(load_trained(root / "checkpoints" / "gpmn" / "best.pt", vocab), vocab)
+    c = Chat(load_trained(root / "checkpoints" / "gpmn" / "seed1" / "best.pt", vocab), vocab)
     with pytest.raises(ValueError, match="persona"):
         c.reply("do you have pets ?")
 
@@ -195,10 +220,10 @@ def _fails(capsys, *argv: str) -> str:
 
 def test_error_messages(root, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(root)
-    ck = load_checkpoint(root / "checkpoints" / "seq2seq" / "best.pt")
+    ck = load_checkpoint(root / "checkpoints" / "seq2seq" / "seed1" / "best.pt")
 
-    assert "no trained model 'transformer' (trained: gpmn, pednet, postks, seq2seq)" in _fails(
-        capsys, "--model", "transformer")
+    assert ("no trained model 'transformer' (trained: gpmn (seed1), pednet (seed1), postks (seed1), "
+            "seq2seq (seed1))") in _fails(capsys, "--model", "transformer")
     (tmp_path / "empty").mkdir()
     assert "directory without a best.pt" in _fails(capsys, "--model", str(tmp_path / "empty"))
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")

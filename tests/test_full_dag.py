@@ -1,9 +1,11 @@
-"""End to end: the WHOLE DAG (preprocessing, four generators, MSN, GCL, evaluation, report)
-under the real `dvc` CLI on a tiny corpus with tiny models; a training stage killed with
-SIGKILL and resumed by `dvc repro`; a sweep point run as a real DVC experiment."""
+"""End to end: the WHOLE DAG (preprocessing, four generators over two training seeds, MSN,
+GCL, controls, evaluation, report) under the real `dvc` CLI on a tiny corpus with tiny
+models; a training stage killed with SIGKILL and resumed by `dvc repro`; a sweep point (all
+of its seeds) run as a real DVC experiment."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -15,14 +17,18 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import sweeps
 from pipeline.train import load_checkpoint
 from tests.dvc_project import env, make_project, run
 from tests.test_train import assert_same, tensors
 
 MODELS = ("seq2seq", "gpmn", "postks", "pednet", "seq2seq_gcl", "pednet_gcl")
+CONTROLS = ("gold", "constant")
+SEEDS = [1, 2]  # two: the report's mean ± sd over seeds has a spread
 
 # Tiny everything: the point is the wiring, not the numbers.
 TINY_DAG = {
+    "seeds": SEEDS,
     "model": {"hidden": 16, "max_context_tokens": 20, "max_response_tokens": 12},
     "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "checkpoint_every": 2, "log_every": 2},
     "postks": {"train": {"epochs": 2}},
@@ -53,41 +59,73 @@ def full(tmp_path_factory):
 
 def test_every_model_is_trained_decoded_evaluated_and_reported(full):
     for model in MODELS:
-        metrics = json.loads((full / "reports" / "metrics" / f"{model}.json").read_text())
-        assert 0.0 <= metrics["persona_f1"] <= 1.0 and metrics["n_examples"] > 0, model
-        assert (full / "reports" / "generations" / f"{model}.parquet").exists()
+        for seed in SEEDS:
+            where = f"{model}/seed{seed}"
+            metrics = json.loads((full / "reports" / "metrics" / model / f"seed{seed}.json").read_text())
+            assert 0.0 <= metrics["persona_f1"] <= 1.0 and metrics["n_examples"] > 0, where
+            assert (full / "reports" / "generations" / model / f"seed{seed}.parquet").exists(), where
+            assert (full / "checkpoints" / model / f"seed{seed}" / "best.pt").exists(), where
+            record = json.loads((full / "reports" / "training" / model / f"seed{seed}.json").read_text())
+            assert record["steps"] > 0, where
+        assert not (full / "checkpoints" / model / "seed3").exists()  # only the seeds of params `seeds`
+    for control in CONTROLS:
+        metrics = json.loads((full / "reports" / "metrics" / control / "control.json").read_text())
+        assert metrics["n_examples"] > 0, control
+    gold = json.loads((full / "reports" / "metrics" / "gold" / "control.json").read_text())
+    assert gold["bleu_1"] == pytest.approx(1.0)  # the references themselves
+
+    summary = json.loads((full / "reports" / "summary.json").read_text())
+    assert set(MODELS) <= set(summary)
+    for model in MODELS:
+        assert summary[model]["persona_f1"]["n_seeds"] == len(SEEDS), model
+    claims = json.loads((full / "reports" / "claims.json").read_text())
+    assert claims and all(c["holds"] != "not run" for c in claims)
+    training = json.loads((full / "reports" / "training.json").read_text())
+    assert set(training) == set(MODELS) and set(training["pednet"]["seeds"]) == {f"seed{k}" for k in SEEDS}
     results = (full / "reports" / "results.md").read_text()
     assert "not run" not in results and "PEDNet + GCL" in results
+
     shown = run(["dvc", "metrics", "show", "--json"], full).stdout
-    assert "reports/metrics/pednet_gcl.json" in shown and "reports/msn.json" in shown
+    for path in ("reports/metrics/pednet_gcl/seed2.json", "reports/metrics/constant/control.json",
+                 "reports/summary.json", "reports/msn.json"):
+        assert path in shown, path
     assert "Running stage" not in run(["dvc", "repro"], full).stdout  # a no-op now
 
 
 def test_sweep_point_as_a_dvc_experiment(full):
     run(["git", "add", "-A"], full)
     run(["git", "commit", "-qm", "baseline"], full)
-    run(["dvc", "exp", "run", "--name", "sweep-k-1", "-S", "pednet.k=1", "evaluate@pednet"], full)
+    targets = sweeps.SWEEPS["k"].targets(SEEDS)
+    assert targets == ["evaluate@pednet-1", "evaluate@pednet-2"]
+    run(["dvc", "exp", "run", "--name", "sweep-k-1", "-S", "pednet.k=1", *targets], full)
     code = ("from pipeline import sweeps; t = sweeps.collect(['k']);"
-            "print({r['value']: (r['source'], r.get('persona_f1')) for r in t['k']})")
+            "print({r['value']: (r['source'], r['seeds'], r.get('persona_f1')) for r in t['k']})")
     out = subprocess.run([sys.executable, "-c", code], cwd=full, env=env(), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     table = (full / "reports" / "sweeps.md").read_text()
     assert "| 1 | " in table and "sweep-k-1" in table and "| 3 | " in table and "HEAD" in table
     assert (full / "reports" / "sweeps" / "k.png").stat().st_size > 0
-    assert "HEAD" in (full / "reports" / "sweeps" / "k.csv").read_text()
+    with open(full / "reports" / "sweeps" / "k.csv") as f:
+        rows = {r["value"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"1", "3"}  # the experiment's point and HEAD's (pednet.k = 3)
+    assert rows["3"]["source"] == "HEAD" and rows["1"]["source"] == "sweep-k-1"
+    for row in rows.values():  # every seed of the point, summarised
+        assert row["n_seeds"] == str(len(SEEDS))
+        assert float(row["persona_f1_lo"]) <= float(row["persona_f1"]) <= float(row["persona_f1_hi"])
+        assert row["persona_f1_sd"] != ""
 
 
 @pytest.mark.slow
 def test_killed_training_stage_resumes_under_dvc_repro(tmp_path):
-    """SIGKILL `dvc repro train@pednet` between checkpoints; the rerun resumes from last.pt
+    """SIGKILL `dvc repro train@pednet-1` between checkpoints; the rerun resumes from last.pt
     and ends with the checkpoints and generations of an uninterrupted run."""
-    stage = ["train@pednet", "generate@pednet"]
+    stage = ["train@pednet-1", "generate@pednet-1"]
     longer = {"train": {**TINY_DAG["train"], "epochs": 3}}
     reference = project(tmp_path / "ref", **longer)
     run(["dvc", "repro", *stage], reference)
     repo = project(tmp_path / "killed", **longer)
     run(["dvc", "repro", "groups", "persona_labels", "congeneric", "pmi", "embeddings"], repo)
-    last = repo / "checkpoints" / "pednet" / "last.pt"
+    last = repo / "checkpoints" / "pednet" / "seed1" / "last.pt"
     proc = subprocess.Popen(["dvc", "repro", *stage], cwd=repo, env=env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -98,9 +136,10 @@ def test_killed_training_stage_resumes_under_dvc_repro(tmp_path):
     assert last.exists(), "no checkpoint before the kill"
     assert not load_checkpoint(last)["progress"]["finished"], "the run ended before the kill"
     out = run(["dvc", "repro", *stage], repo)
-    assert "Running stage 'train@pednet'" in out.stdout
+    assert "Running stage 'train@pednet-1'" in out.stdout
     for name in ("best.pt", "last.pt"):
-        assert_same(tensors(reference / "checkpoints/pednet" / name), tensors(repo / "checkpoints/pednet" / name))
-    rel = "reports/generations/pednet.parquet"
+        assert_same(tensors(reference / "checkpoints/pednet/seed1" / name),
+                    tensors(repo / "checkpoints/pednet/seed1" / name))
+    rel = "reports/generations/pednet/seed1.parquet"
     assert md5(repo / rel) == md5(reference / rel)
 

@@ -406,7 +406,8 @@ def test_gcl_stages_end_to_end(tmp_path, data_dir, monkeypatch, caplog):
     )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
-    train.main(["seq2seq"])
+    train.main(["seq2seq", "--seed", "1"])  # dvc stage train@seq2seq-1
+    assert (tmp_path / "checkpoints/seq2seq/seed1/best.pt").exists()
     metrics = msn.main()
     assert set(metrics) >= {"R10@1", "R10@2", "R10@5", "MRR"}
     assert (tmp_path / "reports/msn.json").exists()
@@ -420,17 +421,20 @@ def test_gcl_stages_end_to_end(tmp_path, data_dir, monkeypatch, caplog):
     first = (tmp_path / "data/scored_groups/train.parquet").read_bytes()
     select_groups.main()
     assert (tmp_path / "data/scored_groups/train.parquet").read_bytes() == first  # deterministic bytes
-    reference_scores.main(["seq2seq"])
-    ref = pq.read_table("data/reference_scores/seq2seq/train.parquet")
+    reference_scores.main(["seq2seq", "--seed", "1"])
+    ref = pq.read_table("data/reference_scores/seq2seq/seed1/train.parquet")
     assert ref.schema.equals(REFERENCE_SCORES) and ref.num_rows == prepared.num_rows
 
     with caplog.at_level(logging.INFO):
-        summary = train_gcl.main(["seq2seq"])
-    assert summary["steps"] == 3 and "initialised from checkpoints/seq2seq/best.pt" in caplog.text
-    reference_weights = load_checkpoint("checkpoints/seq2seq/best.pt")["model"]
-    gcl = load_checkpoint("checkpoints/seq2seq_gcl/last.pt")
+        summary = train_gcl.main(["seq2seq", "--seed", "1"])
+    assert summary["steps"] == 3 and "initialised from checkpoints/seq2seq/seed1/best.pt" in caplog.text
+    reference_weights = load_checkpoint("checkpoints/seq2seq/seed1/best.pt")["model"]
+    gcl = load_checkpoint("checkpoints/seq2seq_gcl/seed1/last.pt")
     assert gcl["model_name"] == "seq2seq" and gcl["run"] == "seq2seq_gcl"
     assert any(not torch.equal(gcl["model"][k], v) for k, v in reference_weights.items())
-    assert train_gcl.main(["seq2seq"])["skipped"]  # finished with the same inputs: nothing to do
-    generate.main(["seq2seq_gcl"])
-    assert pq.read_table("reports/generations/seq2seq_gcl.parquet").schema.equals(GENERATIONS)
+    assert train_gcl.main(["seq2seq", "--seed", "1"])["skipped"]  # finished with the same inputs: nothing to do
+    # seed K's target pairs with seed K's reference only (none trained for seed 2 here)
+    with pytest.raises(InputError, match="checkpoints/seq2seq/seed2/best.pt: missing"):
+        train_gcl.main(["seq2seq", "--seed", "2"])
+    generate.main(["seq2seq_gcl", "--seed", "1"])
+    assert pq.read_table("reports/generations/seq2seq_gcl/seed1.parquet").schema.equals(GENERATIONS)
