@@ -222,7 +222,33 @@ def bleu_tokens(text: str) -> list[str]:
 
 
 def sentence_bleu_1_4(reference: str, hypothesis: str) -> list[float]:
-    """NLTK sentence BLEU-1..4 (cumulative, uniform weights, smoothing method1, ε = 1e-12).
+    """NLTK 3.x sentence BLEU-1..4 (cumulative, uniform weights, smoothing method1,
+    ε = 1e-12; :func:`nltk_sentence_bleu_1_4`): the same float operations in the same order,
+    bit-identical and ~30x faster (NLTK's Fractions cost ~0.6 ms a sentence, most of the
+    bootstrap's time otherwise). An empty hypothesis, or one without a matching unigram,
+    scores 0 as in NLTK."""
+    hyp = bleu_tokens(hypothesis)
+    if not hyp:
+        return [0.0] * 4
+    ref = bleu_tokens(reference)
+    fractions = []  # (clipped matches, n-gram count) per order, NLTK's modified_precision
+    for n in range(1, 5):
+        counts = Counter(ngrams(hyp, n))
+        ref_counts = Counter(ngrams(ref, n))
+        matches = sum(min(c, ref_counts[g]) for g, c in counts.items())
+        fractions.append((matches, max(1, sum(counts.values()))))
+    if fractions[0][0] == 0:
+        return [0.0] * 4
+    c, r = len(hyp), len(ref)
+    bp = 1 if c > r else math.exp(1 - r / c)
+    logs = [math.log(m / d if m else (m + 1e-12) / d) for m, d in fractions]
+    return [bp * math.exp(math.fsum(w * lg for w, lg in zip(weights, logs, strict=False)))
+            for weights in ((1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25))]  # fmt: skip
+
+
+
+def nltk_sentence_bleu_1_4(reference: str, hypothesis: str) -> list[float]:
+    """NLTK sentence BLEU-1..4 itself (the oracle :func:`sentence_bleu_1_4` is tested against) (cumulative, uniform weights, smoothing method1, ε = 1e-12).
 
     An empty hypothesis (after normalisation) scores 0; NLTK does the same for a
     hypothesis with no matching unigram.
