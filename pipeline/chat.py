@@ -44,7 +44,7 @@ from pipeline.dataset import CONGENERIC, PERSONA, SPECIFIC_WORDS, Example, Vocab
 from pipeline.decode import decode
 from pipeline.io import InputError, load_params, read_parquet, run_stage
 from pipeline.models import Generator
-from pipeline.text import normalize
+from pipeline.text import gcl_context, normalize
 from pipeline.train import load_trained
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Chat:
     beam_size: int = 5
     max_len: int = 30
     length_penalty: float = 0.0
-    history: list[tuple[str, str]] = field(default_factory=list)  # (partner, bot), display only
+    history: list[tuple[str, str]] = field(default_factory=list)  # (partner, bot); history-context models read it
 
     def __post_init__(self):
         self.config = type(self.model).data_config(self.model.params)
@@ -161,6 +161,9 @@ class Chat:
         def keep_last(ids: np.ndarray) -> np.ndarray:
             return ids[-cfg.max_context_tokens:] if cfg.max_context_tokens else ids
 
+        if cfg.context == "history":  # the conversation so far, as load_split builds it
+            earlier = [u for turn in self.history for u in turn]
+            query = " ".join(gcl_context(earlier, query, cfg.max_context_tokens)) or query
         ex = Example("chat", query=keep_last(enc(query)), response=np.asarray([self.vocab.eos]))
         if self.reads_persona:
             ex.persona = [enc(p, cfg.max_persona_tokens) for p in self.persona_read]

@@ -28,12 +28,14 @@ import torch
 
 from pipeline import schema
 from pipeline.io import InputError, read_parquet
+from pipeline.text import gcl_context
 
 log = logging.getLogger(__name__)
 
 # Inputs a model may ask for (Generator.inputs).
 PERSONA, SPECIFIC_WORDS, PERSONA_LABEL, CONGENERIC = "persona", "specific_words", "persona_label", "congeneric"
 ALL_INPUTS = frozenset({PERSONA, SPECIFIC_WORDS, PERSONA_LABEL, CONGENERIC})
+CONTEXTS = ("query", "history")  # DataConfig.context
 
 
 class Vocab:
@@ -89,12 +91,19 @@ class Vocab:
 class DataConfig:
     """Truncation and which optional inputs to load (from the ``model`` params)."""
 
-    max_context_tokens: int = 40  # the query X keeps its LAST tokens (closest to the response)
+    # query: the partner's last utterance X (PEDNet's setting); history: every earlier
+    # utterance of both speakers joined by <eot> (the GCL paper's setting, text.gcl_context)
+    context: str = "query"
+    max_context_tokens: int = 40  # the context keeps its LAST tokens (closest to the response)
     max_response_tokens: int = 30  # before </s>
     max_persona_tokens: int = 20
     max_persona_sentences: int = 5
     congeneric_k: int = 15  # K: own X~ + K-1 retrieved (methods §2)
     inputs: frozenset[str] = frozenset()
+
+    def __post_init__(self):
+        if self.context not in CONTEXTS:
+            raise InputError("params.yaml", f"model.context: {self.context!r} is not one of {', '.join(CONTEXTS)}")
 
     @classmethod
     def from_params(cls, params: dict, inputs: frozenset[str] | set[str] = frozenset()) -> DataConfig:
@@ -246,7 +255,9 @@ def load_split(
     inputs = config.inputs
     if unknown := inputs - ALL_INPUTS:
         raise ValueError(f"unknown inputs {sorted(unknown)}")
-    cols = ["example_id", "persona", "query", "response"]
+    if config.context != "query" and CONGENERIC in inputs:
+        raise InputError("params.yaml", "model.context: PDNet's congeneric contexts are single-turn; use query")
+    cols = ["example_id", "persona", "history", "query", "response"]
     prepared = read_parquet(data_dir / "prepared" / f"{split}.parquet", columns=cols).to_pydict()
     ids = prepared["example_id"]
     n = len(ids)
@@ -255,10 +266,15 @@ def load_split(
     def keep_last(a: np.ndarray) -> np.ndarray:
         return a[-config.max_context_tokens :] if config.max_context_tokens else a
 
+    if config.context == "history":  # the bot's opening turn keeps its __silence__ query
+        contexts = [" ".join(gcl_context(h, q, config.max_context_tokens)) or q
+                    for h, q in zip(prepared["history"], prepared["query"], strict=True)]
+    else:
+        contexts = prepared["query"]
     examples = [
         Example(
             example_id=ids[i],
-            query=keep_last(enc(prepared["query"][i])),
+            query=keep_last(enc(contexts[i])),
             response=enc(prepared["response"][i], config.max_response_tokens, eos=True),
         )
         for i in range(n)
@@ -305,7 +321,7 @@ def load_split(
                 raise InputError(path, f"congeneric row out of range 0..{len(train_masked) - 1}", i)
             ex.congeneric = [own[i], *(train_masked[r] for r in rows)]
     log.info("loaded %s: %d examples (inputs: %s)", split, n, ", ".join(sorted(inputs)) or "query/response")
-    texts = {"example_id": ids, "persona": prepared["persona"], "query": prepared["query"],
+    texts = {"example_id": ids, "persona": prepared["persona"], "query": contexts,
              "response": prepared["response"]}
     return DialogueDataset(examples, texts, vocab, config)
 

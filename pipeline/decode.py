@@ -5,15 +5,20 @@ Both stop a hypothesis at ``</s>`` (later positions are ``<pad>``) and never emi
 ``<pad>`` or ``<s>``. Beam search with ``beam_size=1`` is greedy search. With
 ``length_penalty`` α > 0 finished hypotheses are ranked by score / length^α (α = 1: mean
 token log-prob); α = 0 ranks by the summed log-prob.
+
+Also the collapse diagnostic :func:`query_log_probs`: the reference's per-token log-prob
+given its own context and given another example's (its mean difference is ``query_gain``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from pipeline.dataset import Batch, DialogueDataset, batch_indices
+from pipeline.dataset import Batch, DialogueDataset, Example, batch_indices, collate
 from pipeline.io import progress
 from pipeline.models import Generator
 
@@ -129,3 +134,68 @@ def generate_rows(model: Generator, dataset: DialogueDataset, *, method: str = "
                 "selected_persona": s if s is not None and 0 <= s < n_persona else None,
             }
     return rows
+
+
+# ---------------------------------------------------------------- collapse diagnostic
+
+QUERY_SHUFFLE_SEED = 1  # params `generate.query_shuffle_seed` (the default when absent)
+# The context side of an Example: the query and what is derived from it (PMI specific
+# words, congeneric contexts: own X~ first). Persona, its label and the response stay.
+CONTEXT_FIELDS = ("query", "specific_words", "congeneric")
+
+
+def derangement(n: int, seed: int = QUERY_SHUFFLE_SEED) -> np.ndarray:
+    """[n] int64 ``partner`` with ``partner[i] != i`` for every i: a seeded permutation π,
+    each π[j] paired with π[j + 1] (cyclic), so every row lends its context exactly once.
+    Depends only on ``n`` and ``seed``: every model meets the same pairing."""
+    if n < 2:
+        raise ValueError(f"a shuffled context needs at least two examples, got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    partner = np.empty(n, dtype=np.int64)
+    partner[perm] = np.roll(perm, -1)
+    return partner
+
+
+def with_context_of(example: Example, other: Example) -> Example:
+    """``example`` with the context side (CONTEXT_FIELDS) of ``other``."""
+    return dataclasses.replace(example, **{f: getattr(other, f) for f in CONTEXT_FIELDS})
+
+
+def shuffled_batch(dataset: DialogueDataset, index: list[int], partner: np.ndarray) -> Batch:
+    """``dataset.collate(index)`` with each row's context side taken from row ``partner[row]``."""
+    examples = [with_context_of(dataset[i], dataset[int(partner[i])]) for i in index]
+    return collate(examples, index, dataset.vocab.pad, dataset.config.inputs)
+
+
+@torch.no_grad()
+def query_log_probs(model: Generator, dataset: DialogueDataset, batch_size: int = 64,
+                    device: torch.device | str = "cpu", seed: int = QUERY_SHUFFLE_SEED,
+                    partner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(own, shuffled): per example of ``dataset`` (in order), the gold response's
+    teacher-forced Σ_t log p(y_t | ·) divided by its token count (``</s>`` included), given
+    its own context c and given c′ = the context side of row ``partner[i]``
+    (default: ``derangement(len(dataset), seed)``). float64 [N] each.
+
+    Eval mode (restored afterwards), no grad; run it under the decoding precision (the
+    caller's autocast). ``mean(own − shuffled)`` is the model's ``query_gain``: about 0 for
+    a model whose replies do not depend on the context."""
+    n = len(dataset)
+    if partner is None:
+        partner = derangement(n, seed)
+    partner = np.asarray(partner, dtype=np.int64)
+    if partner.shape != (n,) or (n and (partner.min() < 0 or partner.max() >= n)):
+        raise ValueError(f"partner must be [{n}] row positions 0..{n - 1}")
+    was_training = model.training
+    model.eval()
+    own = np.zeros(n, dtype=np.float64)
+    shuffled = np.zeros(n, dtype=np.float64)
+    try:
+        for index in progress(batch_indices(dataset.lengths(), batch_size), desc="query log-probs"):
+            batch = dataset.collate(index).to(device)
+            other = shuffled_batch(dataset, index, partner).to(device)
+            n_tokens = batch.response_mask.sum(1).clamp(min=1).double()
+            own[index] = (model(batch, method="sequence_log_prob").double() / n_tokens).cpu().numpy()
+            shuffled[index] = (model(other, method="sequence_log_prob").double() / n_tokens).cpu().numpy()
+    finally:
+        model.train(was_training)
+    return own, shuffled

@@ -219,6 +219,9 @@ class GCLConfig:
     context_side: bool = True
     response_side: bool = True
     matching_scores: bool = True  # False: s = +1 for positives, −1 for negatives
+    # D = log p_m − log p_n compares like with like only if the target is scored as the
+    # cached reference was: without dropout (True: the old biased D, about −0.5 nats at step 0)
+    score_dropout: bool = False
     seed: int = 1
 
     def __post_init__(self):
@@ -232,6 +235,8 @@ class GCLConfig:
             raise ValueError("gcl: context_side and response_side cannot both be off")
         if self.k < 1 or self.draws < 1:
             raise ValueError("gcl.k and gcl.draws must be >= 1")
+        if self.mle_weight < 0 or self.mle_warmup_steps < 0 or self.anneal_width <= 0:
+            raise ValueError("gcl.mle_weight and gcl.mle_warmup_steps must be >= 0, gcl.anneal_width > 0")
 
     @classmethod
     def from_params(cls, params: dict) -> GCLConfig:
@@ -319,12 +324,20 @@ class GroupContrastive:
     """``objective(model, batch, epoch=, step=) -> dict`` for ``pipeline.train.train``."""
 
     def __init__(self, cfg: GCLConfig, groups: pa.Table, reference: pa.Table, dataset: DialogueDataset,
-                 where: str = "data/reference_scores"):
+                 where: str = "data/reference_scores",
+                 valid: tuple[pa.Table, pa.Table, DialogueDataset] | None = None, valid_batch: int = 32):
+        """``valid``: the valid split's (groups, reference scores, dataset): then
+        :meth:`validate` reports the validation contrastive loss ``cl`` (train.criterion
+        cl_nll, the authors' checkpoint selection)."""
         check_aligned(groups, reference, len(dataset), where)
         self.cfg = cfg
         self.dataset = dataset
-        g, r = groups.to_pylist(), reference.to_pylist()
-        self.groups = [group_pairs(gi, ri, cfg) for gi, ri in zip(g, r, strict=True)]
+        self.groups = self._pairs(groups, reference)
+        self.valid = None
+        self.valid_batch = valid_batch
+        if valid is not None:
+            check_aligned(valid[0], valid[1], len(valid[2]), where.replace("train", "valid"))
+            self.valid = (self._pairs(valid[0], valid[1]), valid[2])
         n_pos = sum(len(p) for p, _ in self.groups)
         n_neg = sum(len(n) for _, n in self.groups)
         dropped = (sum(1 for p, _ in self.groups for x in p if x.s <= 0),
@@ -334,13 +347,17 @@ class GroupContrastive:
                  f"; Eq. 4 drops {dropped[0]} positives with s <= 0 and {dropped[1]} negatives with s > 0"
                  if cfg.loss == "paper" else "")
 
+    def _pairs(self, groups: pa.Table, reference: pa.Table) -> list[tuple[list[Pair], list[Pair]]]:
+        return [group_pairs(g, r, self.cfg) for g, r in zip(groups.to_pylist(), reference.to_pylist(), strict=True)]
+
     # pairs of one step ------------------------------------------------------------------
-    def _group_step(self, rows: list[int]) -> tuple[list[Pair], list[int], list[float]]:
+    def _group_step(self, rows: list[int], groups=None) -> tuple[list[Pair], list[int], list[float]]:
         """Every pair of every group; weight = 1/(N |P_i|) or 1/(N |N_i|) (Eq. 4's means)."""
+        groups = self.groups if groups is None else groups
         pairs, owner, weight = [], [], []
         n = len(rows)
         for b, row in enumerate(rows):
-            pos, neg = self.groups[row]
+            pos, neg = groups[row]
             if self.cfg.loss == "paper":  # Eq. 4 is defined for s+ > 0 and s- <= 0 only
                 pos = [p for p in pos if p.s > 0]
                 neg = [p for p in neg if p.s <= 0]
@@ -389,20 +406,33 @@ class GroupContrastive:
         terms = paper_terms(d, s, positive) if self.cfg.loss == "paper" else code_terms(d, s)
         return (terms * weight).sum()
 
+    def _log_p(self, model, pb: Batch) -> torch.Tensor:
+        """log p_m(r | c) of every pair, with dropout off unless ``score_dropout`` (the cached
+        reference was scored in eval mode); gradients flow either way."""
+        was = model.training
+        if not self.cfg.score_dropout:
+            model.eval()
+        try:
+            return model(pb, method="sequence_log_prob").float()
+        finally:
+            model.train(was)
+
+    def _cl(self, model, pairs: list[Pair], weight: list[float], dataset: DialogueDataset,
+            device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Batch]:
+        pb = pair_batch(dataset, [p.context_row for p in pairs], [p.response_row for p in pairs]).to(device)
+        f32 = dict(dtype=torch.float32, device=device)
+        d = self._log_p(model, pb) - torch.tensor([p.reference for p in pairs], **f32)
+        s = torch.tensor([p.s for p in pairs], **f32)
+        positive = torch.tensor([p.positive for p in pairs], device=device)
+        return self.contrastive_loss(d, s, positive, torch.tensor(weight, **f32)), d, positive, pb
+
     def __call__(self, model, batch: Batch, epoch: int = 0, step: int = 0, **ctx) -> dict:
         cfg = self.cfg
         if step < cfg.mle_warmup_steps:
             return model(batch, method="loss", epoch=epoch, step=step)
         rows = batch.index.tolist()
         pairs, _, weight = self.step_pairs(rows, step - cfg.mle_warmup_steps)
-        device = batch.response.device
-        pb = pair_batch(self.dataset, [p.context_row for p in pairs], [p.response_row for p in pairs]).to(device)
-        log_p_m = model(pb, method="sequence_log_prob")  # ONE call for every pair of the step
-        f32 = dict(dtype=torch.float32, device=device)
-        d = log_p_m.float() - torch.tensor([p.reference for p in pairs], **f32)
-        s = torch.tensor([p.s for p in pairs], **f32)
-        positive = torch.tensor([p.positive for p in pairs], device=device)
-        cl = self.contrastive_loss(d, s, positive, torch.tensor(weight, **f32))
+        cl, d, positive, pb = self._cl(model, pairs, weight, self.dataset, batch.response.device)
         out = {"cl_loss": cl.detach(), "target_tokens": pb.response_mask.sum().detach(),
                "d_positive": d[positive].mean().detach() if bool(positive.any()) else d.new_zeros(()),
                "n_pairs": torch.tensor(len(pairs))}
@@ -414,6 +444,33 @@ class GroupContrastive:
         else:
             out["loss"] = cl
         return out
+
+    @torch.no_grad()
+    def validate(self, model, device, precision: str = "bf16") -> dict[str, float]:
+        """The contrastive loss on the valid groups (every group pair, eval mode), averaged
+        over valid examples as Eq. 4 averages over a batch: {"cl": ..., "d_positive": ...}."""
+        if self.valid is None:
+            return {}
+        from pipeline.train import autocast  # the loop's module imports this one
+
+        groups, dataset = self.valid
+        was = model.training
+        model.eval()
+        total, d_pos, n_pos, n = 0.0, 0.0, 0, len(groups)
+        try:
+            for lo in range(0, n, self.valid_batch):
+                rows = list(range(lo, min(lo + self.valid_batch, n)))
+                pairs, _, weight = self._group_step(rows, groups)
+                if not pairs:
+                    continue
+                with autocast(torch.device(device), precision):
+                    cl, d, positive, _ = self._cl(model, pairs, weight, dataset, device)
+                total += float(cl) * len(rows)  # weights average over the rows of this batch
+                d_pos += float(d[positive].sum())
+                n_pos += int(positive.sum())
+        finally:
+            model.train(was)
+        return {"cl": total / max(n, 1), "d_positive": d_pos / max(n_pos, 1)}
 
 
 # -- the cached reference ----------------------------------------------------------------

@@ -49,7 +49,8 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from pipeline.io import progress
-from pipeline.schema import EOT, GROUPS, SILENCE
+from pipeline.schema import GROUPS
+from pipeline.text import gcl_context  # noqa: F401 (the contexts BM25 ranks; re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,6 @@ _TIE_A = np.uint64(0x9E3779B1)  # odd: (row * A + c) mod 2^32 is a permutation o
 _TIE_B = np.uint64(0x85EBCA77)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _DENSE_DF = 0.1  # terms in >= 10% of the contexts are scored with a dense GEMM
-
-
-def gcl_context(history: list[str], query: str, max_tokens: int) -> list[str]:
-    """Multi-turn context tokens: utterances joined by EOT, last ``max_tokens`` tokens (GCL)."""
-    utterances = [u for u in (*history, query) if u and u != SILENCE]
-    tokens = f" {EOT} ".join(utterances).split()
-    tokens = tokens[-max_tokens:] if max_tokens > 0 else tokens
-    while tokens and tokens[0] == EOT:  # truncation may start on a separator
-        tokens = tokens[1:]
-    return tokens
 
 
 @dataclass
@@ -179,6 +170,17 @@ def _split_by_df(counts: sp.csr_matrix, weights: sp.csr_matrix):
     )
 
 
+NEGATIVES = ("bottom", "random")  # where the non-top candidates come from
+
+
+def _grouping(keys: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(group id per document, documents sorted by group, start of each group in it)."""
+    ids: dict = {}
+    group = np.fromiter((ids.setdefault(k, len(ids)) for k in keys), dtype=np.int64, count=len(keys))
+    members = np.argsort(group, kind="stable")
+    return group, members, np.searchsorted(group[members], np.arange(len(ids) + 1))
+
+
 def bm25_pools(
     contexts: list[list[str]],
     top: int = 10,
@@ -186,70 +188,99 @@ def bm25_pools(
     k1: float = 1.5,
     b: float = 0.75,
     block: int = 256,
+    dialogues: list[str] | None = None,
+    negatives: str = "bottom",
+    min_negative_tokens: int = 0,
+    seed: int = 1,
 ) -> Pools:
-    """Top and bottom BM25 candidates of every context among all the others (see module doc)."""
+    """Top BM25 candidates of every context among all the others, plus ``bottom`` more (see
+    module doc).
+
+    ``dialogues`` (one id per context): a query never gets a candidate of its own
+    dialogue. ``negatives``: the other candidates are the lowest-BM25 contexts ("bottom",
+    the authors') or uniformly random ones ("random", seeded per query row); either way
+    only contexts of at least ``min_negative_tokens`` tokens (the greetings that open a
+    dialogue score lowest for almost every query).
+    """
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives {negatives!r}: one of {NEGATIVES}")
     n = len(contexts)
     doc_rows = np.array([i for i, c in enumerate(contexts) if c], dtype=np.int64)
     docs = [contexts[i] for i in doc_rows]
     counts, _ = term_counts(docs)
     q_dense, w_dense, q_sparse, w_sparse = _split_by_df(counts, bm25_weights(counts, k1, b))
     n_docs = len(docs)
-    # Group identical contexts: a query excludes every document of its own group.
-    keys: dict[str, int] = {}
-    group = np.fromiter((keys.setdefault(" ".join(d), len(keys)) for d in docs), dtype=np.int64, count=n_docs)
-    members = np.argsort(group, kind="stable")
-    starts = np.searchsorted(group[members], np.arange(len(keys) + 1))
+    # A query excludes every document with its own context (identical contexts), and with
+    # `dialogues` every document of its own dialogue.
+    groupings = [_grouping([" ".join(d) for d in docs])]
+    if dialogues is not None:
+        groupings.append(_grouping([dialogues[i] for i in doc_rows]))
+    too_short = np.flatnonzero(np.fromiter(map(len, docs), dtype=np.int64, count=n_docs) < min_negative_tokens)
     log.info(
         "BM25 over %d training contexts (%d distinct; %d empty contexts get no pool), %d terms "
-        "(%d scored densely), blocks of %d queries",
-        n_docs, len(keys), n - n_docs, counts.shape[1], q_dense.shape[1], block,
+        "(%d scored densely), blocks of %d queries; %s negatives%s, %d contexts under %d tokens never one",
+        n_docs, len(groupings[0][2]) - 1, n - n_docs, counts.shape[1], q_dense.shape[1], block, negatives,
+        ", own dialogue excluded" if dialogues is not None else "", len(too_short), min_negative_tokens,
     )
 
-    def score_block(lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def score_block(lo: int) -> tuple[np.ndarray, np.ndarray]:
         hi = min(lo + block, n_docs)
         scores = (q_sparse[lo:hi] @ w_sparse).toarray()  # queries x documents, float64
         scores += q_dense[lo:hi] @ w_dense
         scores = scores.astype(np.float32)  # rank on float32: summation order cannot matter
-        g = group[lo:hi]
-        ex_q = np.repeat(np.arange(hi - lo), starts[g + 1] - starts[g])
-        ex_d = members[np.concatenate([np.arange(starts[x], starts[x + 1]) for x in g])]
+        ex_q, ex_d = [], []
+        for group, members, starts in groupings:
+            g = group[lo:hi]
+            ex_q.append(np.repeat(np.arange(hi - lo), starts[g + 1] - starts[g]))
+            ex_d.append(members[np.concatenate([np.arange(starts[x], starts[x + 1]) for x in g])])
+        ex_q, ex_d = np.concatenate(ex_q), np.concatenate(ex_d)
         queries = doc_rows[lo:hi]
+        raw = scores.copy()
         # Top: score descending, then row ascending (document positions follow row order).
         scores[ex_q, ex_d] = -np.inf
         top_c = _pick(scores, top, largest=True, tie=lambda r, c: c)
-        top_s = np.take_along_axis(scores, top_c, axis=1)
-        # Bottom: score ascending, then a per-query permutation of the documents; never a
-        # top candidate again (only possible when the corpus is tiny).
+        top_ok = np.isfinite(np.take_along_axis(scores, top_c, axis=1))  # -inf: excluded (tiny corpora)
+        # The rest: never excluded, never a top candidate again, never too short (inf).
         scores[ex_q, ex_d] = np.inf
+        scores[:, too_short] = np.inf
         np.put_along_axis(scores, top_c, np.inf, axis=1)
-        bottom_c = _pick(scores, bottom, largest=False, tie=lambda r, c: _tie_key(queries[r], c))
-        bottom_s = np.take_along_axis(scores, bottom_c, axis=1)
-        return top_c.shape[1], np.concatenate([top_c, bottom_c], axis=1), np.concatenate([top_s, bottom_s], axis=1)
+        if negatives == "bottom":  # score ascending, then a per-query permutation of the documents
+            rest_c = _pick(scores, bottom, largest=False, tie=lambda r, c: _tie_key(queries[r], c))
+            rest_ok = np.isfinite(np.take_along_axis(scores, rest_c, axis=1))
+        else:
+            rest_c = np.zeros((hi - lo, bottom), dtype=np.int64)
+            rest_ok = np.zeros((hi - lo, bottom), dtype=bool)
+            for j in range(hi - lo):
+                eligible = np.flatnonzero(np.isfinite(scores[j]))
+                take = np.random.default_rng([seed, int(queries[j])]).choice(
+                    eligible, size=min(bottom, len(eligible)), replace=False)
+                rest_c[j, : len(take)] = take
+                rest_ok[j, : len(take)] = True
+        cand = np.concatenate([top_c, rest_c], axis=1)
+        ok = np.concatenate([top_ok, rest_ok], axis=1)
+        return cand, np.take_along_axis(raw, cand, axis=1), ok, top_ok.sum(1)
 
     rows_out: list[np.ndarray] = [np.zeros(0, np.int32)] * n
     scores_out: list[np.ndarray] = [np.zeros(0, np.float32)] * n
     n_top = np.zeros(n, dtype=np.int32)
-    available = n_docs - (starts[group + 1] - starts[group])  # documents a query may get
     starts_of_blocks = range(0, n_docs, block)
     # Blocks are independent; numpy and scipy release the GIL in the heavy calls.
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
         results = pool.map(score_block, starts_of_blocks)
-        for lo, (k_top, cand, cand_scores) in progress(
+        for lo, (cand, cand_scores, ok, k_top) in progress(
             zip(starts_of_blocks, results, strict=True), desc="bm25 pools", unit="block", total=len(starts_of_blocks)
         ):
-            for j in range(cand.shape[0]):  # excluded documents sort last: keep the first `available`
-                a = available[lo + j]
-                t = min(k_top, a)
-                keep = np.r_[0:t, k_top : k_top + min(cand.shape[1] - k_top, a - t)]
+            for j in range(cand.shape[0]):  # candidates a query may not get are left out
                 q = doc_rows[lo + j]
-                rows_out[q] = doc_rows[cand[j, keep]].astype(np.int32)
-                scores_out[q] = cand_scores[j, keep]
-                n_top[q] = t
+                rows_out[q] = doc_rows[cand[j, ok[j]]].astype(np.int32)
+                scores_out[q] = cand_scores[j, ok[j]]
+                n_top[q] = k_top[j]
     return Pools(rows_out, scores_out, n_top)
 
 
 def rank_bm25_pools(contexts: list[list[str]], top: int = 10, bottom: int = 10, k1: float = 1.5,
-                    b: float = 0.75, queries: list[int] | None = None) -> Pools:
+                    b: float = 0.75, queries: list[int] | None = None, dialogues: list[str] | None = None,
+                    min_negative_tokens: int = 0) -> Pools:
     """The slow reference: rank_bm25's BM25Okapi, one ``get_scores`` pass per query.
 
     Same exclusions and tie-breaks as ``bm25_pools`` (scores rounded to float32 first), so
@@ -267,15 +298,19 @@ def rank_bm25_pools(contexts: list[list[str]], top: int = 10, bottom: int = 10, 
     scores_out: list[np.ndarray] = [np.zeros(0, np.float32)] * n
     n_top = np.zeros(n, dtype=np.int32)
     group_of = dict(zip(doc_rows.tolist(), group.tolist(), strict=True))
+    dialogue = np.asarray([dialogues[i] for i in doc_rows], dtype=object) if dialogues is not None else None
+    lengths = np.asarray([len(contexts[i]) for i in doc_rows], dtype=np.int64)
     todo = [q for q in (range(n) if queries is None else queries) if contexts[q]]
     doc_ids = np.arange(len(doc_rows), dtype=np.int64)
     for q in progress(todo, desc="rank_bm25 pools", unit="query"):
         s = bm25.get_scores(contexts[q]).astype(np.float32)
         keep = group != group_of[q]
+        if dialogues is not None:
+            keep &= dialogue != dialogues[q]
         ids = doc_ids[keep]
         s_keep = s[keep]
         t = ids[np.lexsort((ids, -s_keep))][:top]
-        rest = ~np.isin(ids, t)
+        rest = ~np.isin(ids, t) & (lengths[ids] >= min_negative_tokens)
         ids, s_keep = ids[rest], s_keep[rest]
         bt = ids[np.lexsort((_tie_key(np.full(len(ids), q), ids), s_keep))][:bottom]
         cand = np.concatenate([t, bt])

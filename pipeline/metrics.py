@@ -40,6 +40,12 @@ METRIC_KEYS = (
     "entropy_1", "entropy_2",
 )  # fmt: skip
 
+# The collapse diagnostic, from the generations' log_p_own / log_p_shuffled columns
+# (pipeline.decode.query_log_probs): in nats per token. Only for runs of a model whose
+# generations have them (not the controls, not files written before the columns): a
+# metrics file may lack these keys, unlike METRIC_KEYS.
+QUERY_KEYS = ("query_gain", "query_log_p_own", "query_log_p_shuffled")
+
 # idf of a word absent from the table: the value the table gives a word of GloVe rank
 # ~400,000 (../shared/data/README.md), i.e. the rarest words weigh the most.
 PERSONA_IDF = "data/persona_idf/idf.tsv"  # the fetch stage copies params fetch.idf here
@@ -409,6 +415,29 @@ def embedding_metrics(
     }
 
 
+# ---------------------------------------------------------------- collapse diagnostic
+
+
+def query_metrics(log_p_own: Sequence[float | None] | None,
+                  log_p_shuffled: Sequence[float | None] | None) -> dict[str, float]:
+    """``query_gain`` = mean over examples of log p(r | c) − log p(r | c′) per token (c′:
+    another example's context), and the two means; {} when the log-probs are missing
+    (None, or every value null: a control or an older generations file)."""
+    if log_p_own is None or log_p_shuffled is None:
+        return {}
+    if len(log_p_own) != len(log_p_shuffled):
+        raise ValueError("log_p_own and log_p_shuffled differ in length")
+    pairs = [(a, b) for a, b in zip(log_p_own, log_p_shuffled, strict=True) if a is not None and b is not None]
+    if not pairs:
+        return {}
+    if len(pairs) != len(log_p_own):
+        raise ValueError(f"log-probs null in {len(log_p_own) - len(pairs)} of {len(log_p_own)} rows")
+    own = np.array([a for a, _ in pairs], dtype=np.float64)
+    shuffled = np.array([b for _, b in pairs], dtype=np.float64)
+    return {"query_gain": math.fsum(own - shuffled) / len(own), "query_log_p_own": math.fsum(own) / len(own),
+            "query_log_p_shuffled": math.fsum(shuffled) / len(own)}
+
+
 # ---------------------------------------------------------------- everything
 
 
@@ -423,9 +452,12 @@ def evaluate(
     stats: NgramStats,
     vectors: WordVectors,
     idf_missing: float = IDF_MISSING,
+    log_p_own: Sequence[float | None] | None = None,
+    log_p_shuffled: Sequence[float | None] | None = None,
 ) -> dict[str, float | int]:
     """Every metric of both papers for one model's test generations, plus the
-    shuffled-persona control (``shuffled_personas``: see the function of that name)."""
+    shuffled-persona control (``shuffled_personas``: see the function of that name) and,
+    when the log-probs are given, the QUERY_KEYS (``query_metrics``)."""
     hyp_tokens = [h.split() for h in hypotheses]
     out: dict[str, float | int] = {f"distinct_{n}": distinct(hyp_tokens, n) for n in (1, 2, 3)}
     out.update(persona_control_metrics(hypotheses, personas, shuffled_personas, idf, idf_missing))
@@ -435,6 +467,7 @@ def evaluate(
         embedding_metrics([r.split() for r in references], hyp_tokens, [q.split() for q in queries], vectors)
     )
     out.update(entropy_metrics(hyp_tokens, stats))
+    out.update(query_metrics(log_p_own, log_p_shuffled))
     out["n_examples"] = len(hypotheses)
     out["n_empty_hypotheses"] = sum(1 for t in hyp_tokens if not t)
     return out
@@ -471,17 +504,26 @@ def load_word_vectors(path: str | os.PathLike, stats: NgramStats, a: float = 0.0
 
 
 def read_generations(path: str | os.PathLike) -> dict[str, list]:
-    """A ``reports/generations/<run>/<seed K | control>.parquet`` file (schema GENERATIONS), checked."""
+    """A ``reports/generations/<run>/<seed K | control>.parquet`` file (schema GENERATIONS), checked.
+    Files without the optional columns (GENERATIONS_OPTIONAL: written before they existed)
+    read as if those were null."""
     from pipeline.io import read_parquet
-    from pipeline.schema import GENERATIONS
+    from pipeline.schema import GENERATIONS, GENERATIONS_OPTIONAL
 
     table = read_parquet(path)
-    missing = [c for c in GENERATIONS.names if c not in table.column_names]
+    missing = [c for c in GENERATIONS.names if c not in table.column_names and c not in GENERATIONS_OPTIONAL]
     if missing:
         raise InputError(path, f"missing column(s) {', '.join(missing)} (schema GENERATIONS)")
     if table.num_rows == 0:
         raise InputError(path, "no generations")
-    cols = {c: table.column(c).to_pylist() for c in GENERATIONS.names}
+    cols = {c: table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
+            for c in GENERATIONS.names}
+    own, shuffled = cols["log_p_own"], cols["log_p_shuffled"]
+    for i, (a, b) in enumerate(zip(own, shuffled, strict=True)):
+        if (a is None) != (b is None) or (a is None) != (own[0] is None):
+            raise InputError(path, f"row {i}: log_p_own / log_p_shuffled null in some rows only")
+        if a is not None and not (math.isfinite(a) and math.isfinite(b)):
+            raise InputError(path, f"row {i}: log_p_own / log_p_shuffled not finite ({a}, {b})")
     for c in ("example_id", "persona", "context", "reference", "hypothesis"):
         if None in cols[c]:
             raise InputError(path, f"row {cols[c].index(None)}: {c} is null")

@@ -124,7 +124,21 @@ def _pad(enc: Encoder, ids: list[list[int]]) -> dict:
     return {"input_ids": input_ids, "attention_mask": mask}
 
 
-def _mean_pool(enc: Encoder, batch: dict) -> np.ndarray:
+def mean_pool(hidden, attention_mask):
+    """Mean of ``hidden`` [B, T, D] over the tokens where ``attention_mask`` [B, T] is 1, in
+    float32 (differentiable: the fine-tuned matcher of pipeline/matching.py trains through it)."""
+    import torch
+
+    hidden = hidden.float()
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * mask).sum(dim=1)
+    return (summed / mask.sum(dim=1).clamp(min=1.0)).to(torch.float32)
+
+
+def pooled(enc: Encoder, batch: dict):
+    """Sentence vectors [B, D] (a float32 tensor on ``enc.device``) of a padded batch: the
+    encoder under the precision's autocast, then ``mean_pool``. Differentiable; ``encode``
+    runs it under inference_mode."""
     import torch
 
     batch = {k: v.to(enc.device) for k, v in batch.items()}
@@ -134,10 +148,11 @@ def _mean_pool(enc: Encoder, batch: dict) -> np.ndarray:
             hidden = enc.model(**batch).last_hidden_state
         else:
             hidden = enc.model(**batch, output_hidden_states=True).hidden_states[enc.hidden_index]
-    hidden = hidden.float()
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    summed = (hidden * mask).sum(dim=1)
-    return (summed / mask.sum(dim=1).clamp(min=1.0)).to(torch.float32).cpu().numpy()
+    return mean_pool(hidden, batch["attention_mask"])
+
+
+def _mean_pool(enc: Encoder, batch: dict) -> np.ndarray:
+    return pooled(enc, batch).cpu().numpy()
 
 
 def encode(enc: Encoder, sentences: list[str], batch_size: int = 128, desc: str = "encode") -> np.ndarray:

@@ -28,7 +28,8 @@ DISPLAY = {
     "gpmn": "GPMN",
     "postks": "PostKS",
     "pednet": "PEDNet",
-    "seq2seq_gcl": "Seq2Seq + GCL",
+    "seq2seq_history": "Seq2Seq (multi-turn)",
+    "seq2seq_history_gcl": "Seq2Seq (multi-turn) + GCL",
     "pednet_gcl": "PEDNet + GCL",
     "transformer": "Transformer",
     "transformer_gcl": "Transformer + GCL",
@@ -50,7 +51,13 @@ PERSONA_CONTROL_COLUMNS = [
     ("P-F1", "persona_f1"), ("P-F1 shuffled", "persona_f1_shuffled"), ("P-F1 gain", "persona_f1_gain"),
     ("P-Cover", "persona_coverage"), ("P-Cover shuffled", "persona_coverage_shuffled"),
 ]  # fmt: skip
-METRIC_NAMES = {key: name for name, key in PEDNET_COLUMNS + GCL_COLUMNS + PERSONA_CONTROL_COLUMNS}
+# The collapse diagnostic (pipeline.metrics.QUERY_KEYS), nats per token; models only.
+QUERY_COLUMNS = [
+    ("log p(r \\| c)", "query_log_p_own"), ("log p(r \\| c′)", "query_log_p_shuffled"),  # "\\|": escaped pipe
+    ("query gain (nats/token)", "query_gain"),
+]  # fmt: skip
+NO_LOG_PROBS = "—"  # a run whose generations predate the log-prob columns
+METRIC_NAMES = {key: name for name, key in PEDNET_COLUMNS + GCL_COLUMNS + PERSONA_CONTROL_COLUMNS + QUERY_COLUMNS}
 
 
 def display(model: str) -> str:
@@ -203,6 +210,21 @@ def persona_control_table(summary: Mapping[str, dict], models: Sequence[str], co
         for run in list(models) + list(controls)
     ]
     return markdown_table(["Model", "Source"] + [name for name, _ in PERSONA_CONTROL_COLUMNS], rows)
+
+
+def query_gain_table(summary: Mapping[str, dict], models: Sequence[str]) -> str:
+    """One row per model: the reference's log-prob per token given its own and a shuffled
+    context, and the gain; "—" where a run's metrics lack them (older generations)."""
+    rows = []
+    for run in models:
+        values = summary.get(run)
+        if not values:
+            cells = [NOT_RUN] + [""] * (len(QUERY_COLUMNS) - 1)
+        else:
+            cells = [fmt_summary(key, values[key], _pednet_unit) if key in values else NO_LOG_PROBS
+                     for _, key in QUERY_COLUMNS]
+        rows.append([display(run), _source(run, summary, False)] + cells)
+    return markdown_table(["Model", "Source"] + [name for name, _ in QUERY_COLUMNS], rows)
 
 
 def _holds(value: bool | str) -> str:
@@ -370,6 +392,18 @@ def render(
         "pipeline.metrics.shuffled_partners). Generic persona-like words score against any persona; "
         "the gain (P-F1 − P-F1 shuffled) is what the own persona adds: about 0 for a reply that ignores it, "
         "such as the constant one.",
+        "",
+        "## Context use against a shuffled context",
+        "",
+        query_gain_table(summary, models),
+        "",
+        "The collapse diagnostic: the reference response's log-probability per token (`</s>` "
+        "included) under each model, given its own context c and given c′, the context (query or "
+        "history, specific words, congeneric contexts) of another test example, a fixed seeded pairing "
+        "(params `generate.query_shuffle_seed`); the persona stays the example's own. The gain "
+        "(mean over examples of the difference, nats/token) is what the context is worth to the "
+        "model: about 0 for one that ignores its input. Controls have no model. "
+        f"{NO_LOG_PROBS}: generations written before the diagnostic (rerun `dvc repro generate`).",
         "",
         "## The papers' claims on our runs",
         "",

@@ -124,8 +124,18 @@ GENERATIONS = pa.schema(
         ("reference", pa.string()),
         ("hypothesis", pa.string()),
         ("selected_persona", pa.int32()),  # index into `persona`; null = no selection
+        # The collapse diagnostic (pipeline.decode.query_log_probs): the reference's log-prob
+        # per token (</s> included) under the model, given its own context and given another
+        # test example's (a seeded derangement); the persona stays its own. Null for the
+        # controls (no model) and in files written before these columns existed.
+        ("log_p_own", pa.float32()),
+        ("log_p_shuffled", pa.float32()),
     ]
 )
+# Columns of GENERATIONS that older files lack: readers treat them as null.
+GENERATIONS_OPTIONAL = ("log_p_own", "log_p_shuffled")
+# The layout of those older files (still accepted everywhere).
+GENERATIONS_LEGACY = pa.schema([f for f in GENERATIONS if f.name not in GENERATIONS_OPTIONAL])
 
 MODELS = ("seq2seq", "gpmn", "postks", "pednet")  # PEDNet Table 2
-GCL_MODELS = ("seq2seq_gcl", "pednet_gcl")  # GCL applied to a generator (issue 5)
+GCL_MODELS = ("seq2seq_history_gcl", "pednet_gcl")  # GCL runs: <reference run>_gcl  # GCL applied to a generator (issue 5)

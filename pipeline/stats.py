@@ -110,7 +110,7 @@ GCL_METRICS = ("distinct_1", "distinct_2", "distinct_3", "bleu_1", "bleu_2", "bl
 # X + GCL above X on Dist-1/2/3 and BLEU-1..4. Add claims here (more generators, GCL Table 3).
 CLAIMS: tuple[Claim, ...] = (
     *ordering("pednet_table2", ("persona_f1", "persona_coverage"), PEDNET_ORDER),
-    *improvements("gcl_table2a", GCL_METRICS, [("seq2seq", "seq2seq_gcl"), ("pednet", "pednet_gcl")]),
+    *improvements("gcl_table2a", GCL_METRICS, [("seq2seq_history", "seq2seq_history_gcl"), ("pednet", "pednet_gcl")]),
 )
 
 # metric -> the per-example statistics it is computed from
@@ -121,6 +121,7 @@ _NEEDS = {
     "persona_precision": ("persona",),
     "persona_f1": ("persona",),
     "persona_coverage": ("persona",),
+    "query_gain": ("query_gain",),  # the collapse diagnostic; needs log_p_own / log_p_shuffled
 }
 SUPPORTED_METRICS = tuple(_NEEDS)
 
@@ -146,7 +147,7 @@ class ExampleStats:
     """One (run, seed)'s test generations reduced to what the claims' metrics need.
 
     Rows are in sorted example_id order. ``values``: additive per-example scores
-    (persona_recall / _precision / _coverage, bleu_1..4). ``ngrams``: n -> (examples ×
+    (persona_recall / _precision / _coverage, bleu_1..4, query_gain). ``ngrams``: n -> (examples ×
     n-gram types binary incidence, n-grams per example), Distinct's numerator and
     denominator for any multiset of examples.
     """
@@ -203,6 +204,12 @@ def example_stats(
         bleu = np.array([metrics_sentence_bleu(r, h) for r, h in zip(refs, hyps, strict=True)], dtype=np.float64)
         for n in range(1, 5):
             out.values[f"bleu_{n}"] = bleu.reshape(-1, 4)[:, n - 1].copy()
+    if "query_gain" in needs:
+        own, shuffled = generations.get("log_p_own"), generations.get("log_p_shuffled")
+        if own is None or shuffled is None or any(own[i] is None or shuffled[i] is None for i in order):
+            raise InputError(source or "generations", "query_gain needs the log_p_own / log_p_shuffled "
+                             "columns (regenerate: `dvc repro generate`)")
+        out.values["query_gain"] = np.array([own[i] - shuffled[i] for i in order], dtype=np.float64)
     tokens = [h.split() for h in hyps]
     for n in (1, 2, 3):
         if f"ngrams_{n}" in needs:

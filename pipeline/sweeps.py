@@ -56,7 +56,7 @@ SWEEPS = {
                "PEDNet: number of congeneric contexts K (PEDNet Table 2)"),
     "gamma": Sweep("pednet.gamma", (0.1, 0.3, 0.5, 0.7, 0.9), "pednet",
                    "PEDNet: probability γ of a PDNet batch (PEDNet Figure 2)"),
-    "group_size": Sweep("gcl.k", (1, 2, 3, 4, 5), "seq2seq_gcl",
+    "group_size": Sweep("gcl.k", (1, 2, 3, 4, 5), "seq2seq_history_gcl",
                         "Seq2Seq + GCL: group size k per side (GCL Figure 3)"),
 }
 

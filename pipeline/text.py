@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from pipeline.schema import EOT, SILENCE
+
 # Whole-token exceptions first: the regular rule would give "ca not" / "wo not".
 _EXCEPTIONS = {
     "can't": ["cant"],  # the authors' files keep "cant" as one word
@@ -75,3 +77,15 @@ def content_words(text: str) -> set[str]:
     """Non-stop-word tokens of a normalised string (PEDNet's W_Y, W_p)."""
     sw = stop_words()
     return {t for t in text.split() if t not in sw}
+
+
+def gcl_context(history: list[str], query: str, max_tokens: int) -> list[str]:
+    """The GCL paper's multi-turn context: both speakers' utterances, oldest first, joined
+    by the end-of-turn token, cut to the last ``max_tokens`` tokens (0 = all). The
+    ``__silence__`` placeholder is left out, so the bot's opening turn has no context."""
+    utterances = [u for u in (*(history or []), query) if u and u != SILENCE]
+    tokens = f" {EOT} ".join(utterances).split()
+    tokens = tokens[-max_tokens:] if max_tokens > 0 else tokens
+    while tokens and tokens[0] == EOT:  # truncation may start on a separator
+        tokens = tokens[1:]
+    return tokens

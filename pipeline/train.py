@@ -58,10 +58,12 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 PRECISIONS = ("bf16", "fp32")
-# Validation criteria: what LR decay, early stopping and best.pt follow. "persona_nll" is the
-# PEDNet authors' 0.7 persona CE + 0.3 NLL (models without a persona CE cannot use it).
-CRITERIA = {"nll": None, "persona_nll": (0.7, 0.3)}
-STOP_REASONS = ("early_stopping", "max_epochs", "max_steps", "lr_floor")
+# Validation criteria: what LR decay, early stopping and best.pt follow, as weights of
+# validation metrics. "persona_nll" is the PEDNet authors' 0.7 persona CE + 0.3 NLL (models
+# without a persona CE cannot use it); "cl_nll" the GCL authors' contrastive loss + 0.5 NLL
+# (an objective with a validation hook, pipeline/gcl.py, computes "cl").
+CRITERIA = {"nll": {"nll": 1.0}, "persona_nll": {"persona_ce": 0.7, "nll": 0.3}, "cl_nll": {"cl": 1.0, "nll": 0.5}}
+STOP_REASONS = ("early_stopping", "max_epochs", "max_steps")
 
 
 def run_dirs(run: str, seed: int) -> tuple[Path, Path]:
@@ -184,8 +186,8 @@ def barrier(d: Dist) -> None:
 
 
 def autocast(device: torch.device, precision: str = "bf16"):
-    """bf16 autocast on CPU and CUDA (CPU: AVX-512-bf16/AMX matmuls, 4-7x fp32's FLOP/s);
-    ``fp32``: none."""
+    """bf16 autocast on CPU and CUDA (CPU: AVX-512-bf16/AMX matmuls; 2.2x fp32's GEMM peak
+    on the project's EPYC machines, more with AMX); ``fp32``: none."""
     if precision == "bf16" and device.type in ("cpu", "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -295,12 +297,12 @@ def evaluate(model: Generator, dataset: DialogueDataset, batch_size: int, device
 def criterion_value(metrics: dict[str, float], criterion: str, model_name: str) -> float:
     """The validation number that LR decay, early stopping and best.pt follow (lower = better)."""
     weights = CRITERIA[criterion]
-    if weights is None:
-        return metrics["nll"]
-    if "persona_ce" not in metrics:
-        raise InputError("params.yaml", f"train.criterion={criterion} needs a persona cross-entropy, "
-                                        f"which {model_name} does not compute (use nll)")
-    return weights[0] * metrics["persona_ce"] + weights[1] * metrics["nll"]
+    if missing := [k for k in weights if k not in metrics]:
+        what = {"persona_ce": f"a persona cross-entropy, which {model_name} does not compute",
+                "cl": "a validation contrastive loss, which only the GCL objective computes"}
+        raise InputError("params.yaml", f"train.criterion: {criterion} needs {what.get(missing[0], missing[0])} "
+                                        "(use nll)")
+    return sum(w * metrics[k] for k, w in weights.items())
 
 
 # -- the loop ----------------------------------------------------------------------------
@@ -359,7 +361,7 @@ def train(
     record_path = Path(record_path or (training_record_path(run, cfg.seed) if checkpoint_dir is None
                                        else ckpt_dir / "training.json"))
     mparams = model_params(all_params, model_name)
-    if run != model_name:  # e.g. seq2seq_gcl: its section may override backbone keys too
+    if run != model_name:  # e.g. seq2seq_history_gcl: its section may override backbone keys too
         mparams.update({k: v for k, v in (all_params.get(run) or {}).items() if k in mparams})
     cls = get_model_class(model_name)
     d, device = setup_distributed(cfg.device)
@@ -450,6 +452,8 @@ def train(
         """Validate, step the LR schedule, keep the best; True = stop early."""
         started = time.perf_counter()
         metrics = evaluate(model, valid_ds, cfg.eval_batch_size, device, cfg.precision, d)
+        if hasattr(objective, "validate"):  # e.g. GCL's contrastive loss on the valid groups
+            metrics.update(objective.validate(model, device, cfg.precision))
         eval_seconds[0] += time.perf_counter() - started  # kept out of the training throughput
         value = criterion_value(metrics, cfg.criterion, model_name)
         prog.validated_at = prog.step

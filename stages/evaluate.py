@@ -1,5 +1,6 @@
 """Stage `evaluate` (one per run and seed, dvc.yaml `foreach`): every metric of both papers,
-and the shuffled-persona control, on one set of test generations (DVC metrics, fractions).
+and the shuffled-persona control, on one set of test generations (DVC metrics, fractions);
+for a model's generations also the shuffled-context diagnostic ``query_gain`` (nats/token).
 
     python -m stages.evaluate <run> --seed K   reports/generations/<run>/seedK.parquet
                                                 -> reports/metrics/<run>/seedK.json
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         stats=stats,
         vectors=vectors,
         idf_missing=p["idf_missing"],
+        log_p_own=gen["log_p_own"],
+        log_p_shuffled=gen["log_p_shuffled"],
     )
     log.info(
         "%s: %d empty hypotheses; embedding metrics over %d examples, coherence over %d "
@@ -91,9 +94,15 @@ def main(argv: list[str] | None = None) -> None:
         source, result["n_empty_hypotheses"], result["n_emb_examples"], result["n_coherence_examples"],
     )  # fmt: skip
     out = {k: result[k] for k in metrics.METRIC_KEYS}
+    # the collapse diagnostic: only where the generations carry log-probs (not the controls)
+    out.update({k: result[k] for k in metrics.QUERY_KEYS if k in result})
     out["n_examples"] = result["n_examples"]
     write_json(out, metrics_path(run, args.seed))
-    log.info("%s: %s (%.1f s)", source, ", ".join(f"{k}={out[k]:.4f}" for k in metrics.METRIC_KEYS),
+    if "query_gain" not in out:
+        log.info("%s: no log_p_own / log_p_shuffled (a control, or generated before the columns "
+                 "existed): no query_gain", source)
+    log.info("%s: %s (%.1f s)", source,
+             ", ".join(f"{k}={out[k]:.4f}" for k in (*metrics.METRIC_KEYS, *metrics.QUERY_KEYS) if k in out),
              time.perf_counter() - start)  # fmt: skip
 
 

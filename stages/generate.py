@@ -4,6 +4,10 @@
 Reads params `generate` and checkpoints/<run>/seed<K>/best.pt; writes
 reports/generations/<run>/seed<K>.parquet (schema.GENERATIONS, one row per test turn),
 tracked in git so that a clone can re-score what each model said.
+
+Also the collapse diagnostic (columns ``log_p_own`` / ``log_p_shuffled``): the reference's
+per-token log-prob given its own context and given another test example's
+(pipeline.decode.query_log_probs; the pairing is params `generate.query_shuffle_seed`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 
 from pipeline import schema
 from pipeline.dataset import Vocab, load_split
-from pipeline.decode import generate_rows
+from pipeline.decode import QUERY_SHUFFLE_SEED, derangement, generate_rows, query_log_probs
 from pipeline.io import InputError, load_params, run_stage, write_parquet
 from pipeline.train import PRECISIONS, autocast, load_trained, run_dirs
 
@@ -30,7 +34,7 @@ def generations_path(run: str, seed: int) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model", help="a run under checkpoints/: seq2seq | gpmn | postks | pednet | seq2seq_gcl ...")
+    parser.add_argument("model", help="a run under checkpoints/: seq2seq | gpmn | postks | pednet | seq2seq_history_gcl ...")
     parser.add_argument("--seed", type=int, default=1, help="training seed (checkpoints/<run>/seed<K>)")
     parser.add_argument("--data", default="data")
     parser.add_argument("--split", default="test")
@@ -47,12 +51,27 @@ def main(argv: list[str] | None = None) -> Path:
     dataset = load_split(args.split, vocab, type(model).data_config(model.params), data_dir)
     if p.get("precision", "bf16") not in PRECISIONS:
         raise InputError("params.yaml", f"generate.precision must be one of {PRECISIONS}, got {p['precision']!r}")
+    shuffle_seed = p.get("query_shuffle_seed", QUERY_SHUFFLE_SEED)
+    if not isinstance(shuffle_seed, int) or isinstance(shuffle_seed, bool) or shuffle_seed < 0:
+        raise InputError("params.yaml", f"generate.query_shuffle_seed must be an integer >= 0, got {shuffle_seed!r}")
+    if len(dataset) < 2:
+        raise InputError(data_dir / "prepared" / f"{args.split}.parquet",
+                         f"{len(dataset)} example(s): the shuffled-context diagnostic needs two")
     with autocast(device, p.get("precision", "bf16")):
         rows = generate_rows(model, dataset, method=p["method"], beam_size=p["beam_size"], max_len=p["max_len"],
                              length_penalty=p.get("length_penalty", 0.0), batch_size=p["batch_size"],
                              device=device)
+        partner = derangement(len(dataset), shuffle_seed)
+        own, shuffled = query_log_probs(model, dataset, batch_size=p["batch_size"], device=device,
+                                        partner=partner)
+    for row, a, b in zip(rows, own.tolist(), shuffled.tolist(), strict=True):
+        row["log_p_own"], row["log_p_shuffled"] = a, b
     empty = sum(not r["hypothesis"] for r in rows)
     log.info("%s: %d %s generations (%s), %d empty", args.model, len(rows), args.split, p["method"], empty)
+    same = sum(dataset[i].query.tobytes() == dataset[int(j)].query.tobytes() for i, j in enumerate(partner))
+    log.info("%s: query gain %.4f nats/token (log p(r|c) %.4f, log p(r|c') %.4f; shuffle seed %d, "
+             "%d of %d pairs have identical queries)", args.model, float((own - shuffled).mean()),
+             float(own.mean()), float(shuffled.mean()), shuffle_seed, same, len(partner))
     return write_parquet(pa.Table.from_pylist(rows, schema=schema.GENERATIONS),
                          generations_path(args.model, args.seed))
 

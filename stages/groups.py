@@ -1,4 +1,9 @@
-"""Stage `groups`: BM25 candidate pools of every training pair -> data/groups/train.parquet."""
+"""Stage `groups`: BM25 candidate pools of every pair -> data/groups/{train,valid}.parquet.
+
+Each split is retrieved within itself: training pairs get training candidates (the groups
+GCL trains on), valid pairs valid candidates (the groups of the validation contrastive loss
+that selects GCL checkpoints, as the authors' code does).
+"""
 
 from __future__ import annotations
 
@@ -11,28 +16,40 @@ from pipeline.io import InputError, load_params, read_parquet, run_stage, write_
 
 log = logging.getLogger(__name__)
 
-PREPARED = "data/prepared/train.parquet"
-OUT = "data/groups/train.parquet"
+SPLITS = ("train", "valid")
+# Keys that older params files lack: the clean-group defaults of params.yaml.
+DEFAULTS = {"same_dialogue": False, "negatives": "random", "min_negative_tokens": 10, "seed": 1}
 
 
 def main() -> None:
-    p = load_params("groups")
-    for key in ("top", "bottom", "context_tokens"):
-        if not isinstance(p[key], int) or p[key] < 0:
-            raise InputError("params.yaml", f"groups.{key} must be a non-negative integer, got {p[key]!r}")
-    train = read_parquet(PREPARED, columns=["example_id", "history", "query"]).to_pydict()
-    contexts = [groups.gcl_context(h, q, p["context_tokens"]) for h, q in zip(train["history"], train["query"], strict=True)]
-    log.info("read %s: %d training pairs, contexts of %.1f tokens on average (last %d kept)",
-             PREPARED, len(contexts), float(np.mean([len(c) for c in contexts])) if contexts else 0.0,
-             p["context_tokens"])
-    pools = groups.bm25_pools(contexts, p["top"], p["bottom"], p["k1"], p["b"])
-    sizes = np.array([len(r) for r in pools.rows])
-    bottoms = np.concatenate([r[t:] for r, t in zip(pools.rows, pools.n_top, strict=True)] or [np.zeros(0)])
-    log.info("pools: %d with candidates (%.1f each on average), %d empty; %d distinct training rows "
-             "among the bottom candidates", int((sizes > 0).sum()), float(sizes[sizes > 0].mean()) if (sizes > 0).any()
-             else 0.0, int((sizes == 0).sum()), len(np.unique(bottoms)))
-    write_parquet(groups.to_table(train["example_id"], pools), OUT)
-
+    p = {**DEFAULTS, **load_params("groups")}
+    known = {"top", "bottom", "context_tokens", "k1", "b", *DEFAULTS}
+    if unknown := sorted(set(p) - known):
+        raise InputError("params.yaml", f"groups.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    for key in ("top", "bottom", "context_tokens", "min_negative_tokens", "seed"):
+        if not isinstance(p[key], int) or isinstance(p[key], bool) or p[key] < 0:
+            raise InputError("params.yaml", f"groups.{key}: must be a non-negative integer, got {p[key]!r}")
+    if p["negatives"] not in groups.NEGATIVES:
+        raise InputError("params.yaml", f"groups.negatives: {p['negatives']!r} is not one of {', '.join(groups.NEGATIVES)}")
+    if not isinstance(p["same_dialogue"], bool):
+        raise InputError("params.yaml", f"groups.same_dialogue: must be true or false, got {p['same_dialogue']!r}")
+    for split in SPLITS:
+        prepared = f"data/prepared/{split}.parquet"
+        t = read_parquet(prepared, columns=["example_id", "dialogue_id", "history", "query"]).to_pydict()
+        contexts = [groups.gcl_context(h, q, p["context_tokens"]) for h, q in zip(t["history"], t["query"], strict=True)]
+        log.info("read %s: %d pairs, contexts of %.1f tokens on average (last %d kept)", prepared, len(contexts),
+                 float(np.mean([len(c) for c in contexts])) if contexts else 0.0, p["context_tokens"])
+        pools = groups.bm25_pools(contexts, p["top"], p["bottom"], p["k1"], p["b"],
+                                  dialogues=None if p["same_dialogue"] else t["dialogue_id"],
+                                  negatives=p["negatives"], min_negative_tokens=p["min_negative_tokens"], seed=p["seed"])
+        sizes = np.array([len(r) for r in pools.rows])
+        same = [t["dialogue_id"][c] == t["dialogue_id"][q] for q, r in enumerate(pools.rows) for c in r]
+        rest = np.concatenate([r[k:] for r, k in zip(pools.rows, pools.n_top, strict=True)] or [np.zeros(0)])
+        log.info("%s pools: %d with candidates (%.1f each on average), %d empty; %.1f%% of the candidates from the "
+                 "example's own dialogue; %d distinct rows among the non-top candidates", split,
+                 int((sizes > 0).sum()), float(sizes[sizes > 0].mean()) if (sizes > 0).any() else 0.0,
+                 int((sizes == 0).sum()), 100 * float(np.mean(same)) if same else 0.0, len(np.unique(rest)))
+        write_parquet(groups.to_table(t["example_id"], pools), f"data/groups/{split}.parquet")
 
 if __name__ == "__main__":
     run_stage(main)

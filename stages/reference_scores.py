@@ -2,8 +2,8 @@
 ``python -m stages.reference_scores <model> --seed K`` (dvc stage ``reference_scores@<model>-<K>``).
 
 Reads checkpoints/<model>/seed<K>/best.pt (the MLE-trained reference, run in eval mode and
-in the training precision), data/scored_groups/train.parquet and the model's inputs; writes
-data/reference_scores/<model>/seed<K>/train.parquet (schema.REFERENCE_SCORES).
+in the training precision), data/scored_groups/{train,valid}.parquet and the model's inputs;
+writes data/reference_scores/<model>/seed<K>/{train,valid}.parquet (schema.REFERENCE_SCORES).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model", help="the reference: seq2seq | pednet (a checkpoints/<model> run)")
+    parser.add_argument("model", help="the reference run: seq2seq_history | pednet | ... (checkpoints/<run>)")
     parser.add_argument("--seed", type=int, default=1, help="training seed of the reference (checkpoints/<model>/seed<K>)")
     parser.add_argument("--data", default="data")
     args = parser.parse_args(argv)
@@ -40,16 +40,18 @@ def main(argv: list[str] | None = None) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vocab = Vocab.load(data_dir / "prepared" / "vocab.parquet")
     model = load_trained(best, vocab, device)  # eval mode: no dropout, like the paper's frozen reference
-    dataset = load_split("train", vocab, type(model).data_config(model.params), data_dir)
-    groups = read_parquet(data_dir / "scored_groups" / "train.parquet")
-    with autocast(device, precision):
-        table = reference_log_probs(model, dataset, groups, p["batch_size"], device)
-    pos = np.concatenate([np.asarray(x) for x in table.column("positive_log_probs").to_pylist()])
-    log.info("%s reference: %d pairs, mean log p of the original pairs %.3f", args.model,
-             len(pos) + sum(len(x) for x in table.column("negative_log_probs").to_pylist()),
-             float(np.mean([x[0] for x in table.column("positive_log_probs").to_pylist()])))
-    return write_parquet(table, data_dir / "reference_scores" / args.model / f"seed{args.seed}" / "train.parquet")
-
+    out = None
+    for split in ("train", "valid"):  # valid: the validation contrastive loss (train.criterion cl_nll)
+        dataset = load_split(split, vocab, type(model).data_config(model.params), data_dir)
+        groups = read_parquet(data_dir / "scored_groups" / f"{split}.parquet")
+        with autocast(device, precision):
+            table = reference_log_probs(model, dataset, groups, p["batch_size"], device)
+        pos = np.concatenate([np.asarray(x) for x in table.column("positive_log_probs").to_pylist()])
+        log.info("%s reference, %s: %d pairs, mean log p of the original pairs %.3f", args.model, split,
+                 len(pos) + sum(len(x) for x in table.column("negative_log_probs").to_pylist()),
+                 float(np.mean([x[0] for x in table.column("positive_log_probs").to_pylist()])))
+        out = write_parquet(table, data_dir / "reference_scores" / args.model / f"seed{args.seed}" / f"{split}.parquet")
+    return out
 
 if __name__ == "__main__":
     run_stage(main)

@@ -1,8 +1,9 @@
 """The group of every training pair: ``python -m stages.select_groups``.
 
-Reads data/msn_scores/train.parquet and params `select_groups` + `gcl.k`; writes
-data/scored_groups/train.parquet (schema.SCORED_GROUPS) and reports/scored_groups.json
-(group sizes and how many "best" candidates MSN rates as real positives, s > 0).
+Reads data/msn_scores/{train,valid}.parquet and params `select_groups` + `gcl.k`; writes
+data/scored_groups/{train,valid}.parquet (schema.SCORED_GROUPS) and reports/scored_groups.json
+(group sizes; per side the share of candidates from the example's own dialogue, distinct
+candidate responses and contexts, and the s distribution).
 """
 
 from __future__ import annotations
@@ -12,42 +13,67 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.gcl import select_groups
+from pipeline.gcl import ORIGINAL, RESPONSE_SIDE, select_groups
 from pipeline.io import load_params, read_parquet, run_stage, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
 
-def group_stats(table) -> dict:
-    def flat(col):
-        return np.concatenate([np.asarray(x, dtype=np.float64) for x in table.column(col).to_pylist()] or [[]])
-
-    pos = flat("positive_scores")
-    neg = flat("negative_scores")
+def group_stats(table, prepared: dict) -> dict:
+    """Group sizes; per side and kind: the share of pairs whose candidate comes from the
+    example's own dialogue (or is its own context/response text), the distinct candidate
+    responses and contexts, and the s distribution."""
+    dialogue = prepared["dialogue_id"]
+    response = prepared["response"]
+    context = [" ".join([*h, q]) for h, q in zip(prepared["history"], prepared["query"], strict=True)]
+    cols = table.to_pydict()
     n = table.num_rows
-    sampled_pos = pos[pos < 1.0] if len(pos) else pos  # the original pairs have s = 1
-    return {
-        "examples": n,
-        "positives_per_example": round(len(pos) / n, 3),
-        "negatives_per_example": round(len(neg) / n, 3),
-        "positive_s_mean": round(float(pos.mean()), 4) if len(pos) else None,
-        "negative_s_mean": round(float(neg.mean()), 4) if len(neg) else None,
-        "sampled_positives_with_s_gt_0": round(float((sampled_pos > 0).mean()), 4) if len(sampled_pos) else None,
-        "negatives_with_s_le_0": round(float((neg <= 0).mean()), 4) if len(neg) else None,
-    }
+    out: dict = {"examples": n}
+    for kind in ("positive", "negative"):
+        per_side: dict[str, dict[str, list]] = {}
+        for row in range(n):
+            for c, r, s, side in zip(cols[f"{kind}_context_rows"][row], cols[f"{kind}_response_rows"][row],
+                                     cols[f"{kind}_scores"][row], cols[f"{kind}_sides"][row], strict=True):
+                if side == ORIGINAL:
+                    continue
+                cand = r if side == RESPONSE_SIDE else c  # the row the candidate came from
+                d = per_side.setdefault(side, {"s": [], "same": [], "copy": [], "resp": [], "ctx": []})
+                d["s"].append(s)
+                d["same"].append(dialogue[cand] == dialogue[row])
+                d["copy"].append(response[r] == response[row] if side == RESPONSE_SIDE else context[c] == context[row])
+                d["resp"].append(response[r])
+                d["ctx"].append(context[c])
+        out[f"{kind}s_per_example"] = round(sum(len(x) for x in cols[f"{kind}_scores"]) / max(n, 1), 3)
+        for side, d in sorted(per_side.items()):
+            s = np.asarray(d["s"], dtype=np.float64)
+            out[f"{kind}_{side}"] = {
+                "pairs": len(s),
+                "same_dialogue": round(float(np.mean(d["same"])), 4),
+                "copies_own_text": round(float(np.mean(d["copy"])), 4),
+                "distinct_responses": len(set(d["resp"])),
+                "distinct_contexts": len(set(d["ctx"])),
+                "s_mean": round(float(s.mean()), 4),
+                "s_quantiles": {q: round(float(np.quantile(s, float(q))), 4) for q in ("0.1", "0.25", "0.5", "0.75", "0.9")},
+                "s_gt_0": round(float((s > 0).mean()), 4),
+            }
+    return out
 
 
 def main(data_dir: str | Path = "data") -> dict:
     p = load_params("select_groups")
     k = load_params("gcl")["k"]
     data_dir = Path(data_dir)
-    table = select_groups(read_parquet(data_dir / "msn_scores" / "train.parquet"), k, p["selection"], p["seed"])
-    write_parquet(table, data_dir / "scored_groups" / "train.parquet")
-    stats = {"selection": p["selection"], "k": k, **group_stats(table)}
+    stats: dict = {"selection": p["selection"], "k": k}
+    for split in ("train", "valid"):
+        table = select_groups(read_parquet(data_dir / "msn_scores" / f"{split}.parquet"), k, p["selection"], p["seed"])
+        write_parquet(table, data_dir / "scored_groups" / f"{split}.parquet")
+        prepared = read_parquet(data_dir / "prepared" / f"{split}.parquet",
+                                columns=["dialogue_id", "history", "query", "response"]).to_pydict()
+        split_stats = group_stats(table, prepared)
+        stats.update(split_stats) if split == "train" else stats.update({"valid": split_stats})
     log.info("groups: %s", stats)
     write_json(stats, Path("reports") / "scored_groups.json")
     return stats
-
 
 if __name__ == "__main__":
     run_stage(main)

@@ -1,8 +1,11 @@
-"""Train one generator: ``python -m stages.train <model> --seed K`` (dvc stage
-``train@<model>-<K>``, one per training seed of params ``seeds``).
+"""Train one generator: ``python -m stages.train <run> --seed K`` (dvc stage
+``train@<run>-<K>``, one per training seed of params ``seeds``).
 
-Reads params `train`, `model` and `<model>`; writes checkpoints/<model>/seed<K>/{best,last}.pt,
-dvclive/<model>/seed<K>/ curves and reports/training/<model>/seed<K>.json (how it stopped).
+A run is a params section: `seq2seq`, `gpmn`, `postks`, `pednet`, or one that names its
+architecture with a `model` key (`seq2seq_history`: Seq2Seq reading the multi-turn history,
+the GCL paper's setting). Reads params `train`, `model` and `<run>` (whose keys override the
+backbone's; its `train` overrides the loop's); writes checkpoints/<run>/seed<K>/{best,last}.pt,
+dvclive/<run>/seed<K>/ curves and reports/training/<run>/seed<K>.json (how it stopped).
 Rerunning after an interruption resumes from last.pt.
 """
 
@@ -11,16 +14,18 @@ from __future__ import annotations
 import argparse
 
 from pipeline.io import load_params, run_stage
+from pipeline.models import run_architecture
 from pipeline.train import train
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model", help="seq2seq | gpmn | postks | pednet")
+    parser.add_argument("run", help="seq2seq | gpmn | postks | pednet | seq2seq_history | ...")
     parser.add_argument("--seed", type=int, default=None, help="training seed (default: params train.seed)")
     parser.add_argument("--data", default="data", help="directory of the preprocessing outputs")
     args = parser.parse_args(argv)
-    return train(args.model, load_params(), data_dir=args.data, seed=args.seed)
+    params = load_params()
+    return train(run_architecture(params, args.run), params, run_name=args.run, data_dir=args.data, seed=args.seed)
 
 
 if __name__ == "__main__":

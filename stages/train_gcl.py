@@ -1,12 +1,14 @@
 """Train a generator with group-wise contrastive learning:
-``python -m stages.train_gcl <model> --seed K`` (dvc stage ``train_gcl@<model>-<K>``, run
-``<model>_gcl``; seed K's target starts from, and is scored against, seed K's reference).
+``python -m stages.train_gcl <reference> --seed K`` (dvc stage ``train_gcl@<reference>-<K>``,
+run ``<reference>_gcl``: seq2seq_history_gcl, pednet_gcl). Seed K's target starts from, and
+is scored against, seed K of its MLE reference run, and reads the data as it does (e.g.
+seq2seq_history's multi-turn context).
 
 The one training loop (pipeline/train.py) with the GCL objective (pipeline/gcl.py). Reads
-params `train`, `model`, `<model>`, `gcl` and `<model>_gcl` (its `train` overrides),
-data/scored_groups, data/reference_scores/<model>/seed<K> and checkpoints/<model>/seed<K>/best.pt
+params `train`, `model`, `<reference>`, `gcl` and `<reference>_gcl` (its `train` overrides),
+data/scored_groups, data/reference_scores/<reference>/seed<K> and checkpoints/<reference>/seed<K>/best.pt
 (the frozen MLE reference, whose weights also initialise the target when gcl.init=reference);
-writes checkpoints/<model>_gcl/seed<K>/{best,last}.pt and dvclive/<model>_gcl/seed<K>/.
+writes checkpoints/<reference>_gcl/seed<K>/{best,last}.pt and dvclive/<reference>_gcl/seed<K>/.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from pipeline.dataset import Vocab, load_split
 from pipeline.gcl import GCLConfig, GroupContrastive
 from pipeline.io import InputError, load_params, read_parquet, run_stage
-from pipeline.models import get_model_class, model_params
+from pipeline.models import get_model_class, model_params, run_architecture
 from pipeline.train import run_dirs, train
 
 log = logging.getLogger(__name__)
@@ -36,31 +38,40 @@ def file_digest(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model", help="seq2seq | pednet (the architecture; the reference is checkpoints/<model>)")
+    parser.add_argument("reference", help="the MLE reference run: seq2seq_history | pednet (the run is <reference>_gcl)")
     parser.add_argument("--seed", type=int, default=1, help="training seed (and the reference's)")
     parser.add_argument("--data", default="data")
     args = parser.parse_args(argv)
     all_params = load_params()
     cfg = GCLConfig.from_params(all_params.get("gcl") or {})
-    data_dir, run = Path(args.data), f"{args.model}_gcl"
-    reference = run_dirs(args.model, args.seed)[0] / "best.pt"
-    groups_path = data_dir / "scored_groups" / "train.parquet"
-    scores_path = data_dir / "reference_scores" / args.model / f"seed{args.seed}" / "train.parquet"
-    for path in (reference, groups_path, scores_path):
+    ref_run = args.reference
+    data_dir, run, model = Path(args.data), f"{ref_run}_gcl", run_architecture(all_params, ref_run)
+    # The target is its reference, fine-tuned: it reads the data as the reference run does
+    # (e.g. seq2seq_history's multi-turn context); the GCL run's own keys come last.
+    ref_section = {k: v for k, v in (all_params.get(ref_run) or {}).items() if k not in ("train", "model")}
+    all_params = {**all_params, run: {**(ref_section if ref_run != model else {}), **(all_params.get(run) or {})}}
+    reference = run_dirs(ref_run, args.seed)[0] / "best.pt"
+    splits = ("train", "valid")
+    groups_paths = {s: data_dir / "scored_groups" / f"{s}.parquet" for s in splits}
+    scores_paths = {s: data_dir / "reference_scores" / ref_run / f"seed{args.seed}" / f"{s}.parquet" for s in splits}
+    for path in (reference, *groups_paths.values(), *scores_paths.values()):
         if not path.exists():
             raise InputError(path, "missing (run train, select_groups and reference_scores first)")
 
-    # The objective's copy of the training split, built exactly as the loop builds its own.
-    mparams = model_params(all_params, args.model)
-    mparams.update({k: v for k, v in (all_params.get(run) or {}).items() if k in mparams})
+    # The objective's copies of the splits, built exactly as the loop builds its own.
+    mparams = model_params(all_params, model)
+    mparams.update({k: v for k, v in all_params[run].items() if k in mparams})
     vocab = Vocab.load(data_dir / "prepared" / "vocab.parquet")
-    dataset = load_split("train", vocab, get_model_class(args.model).data_config(mparams), data_dir)
-    objective = GroupContrastive(cfg, read_parquet(groups_path), read_parquet(scores_path), dataset,
-                                 where=str(scores_path))
-    extra = {"gcl": asdict(cfg), "groups": file_digest(groups_path), "reference_scores": file_digest(scores_path)}
-    return train(args.model, all_params, run_name=run, data_dir=data_dir, objective=objective,
+    data_cfg = get_model_class(model).data_config(mparams)
+    train_ds, valid_ds = (load_split(s, vocab, data_cfg, data_dir) for s in splits)
+    objective = GroupContrastive(cfg, read_parquet(groups_paths["train"]), read_parquet(scores_paths["train"]),
+                                 train_ds, where=str(scores_paths["train"]),
+                                 valid=(read_parquet(groups_paths["valid"]), read_parquet(scores_paths["valid"]), valid_ds))
+    extra = {"gcl": asdict(cfg), "reference": ref_run,
+             **{f"{kind}_{s}": file_digest(paths[s]) for kind, paths in (("groups", groups_paths),
+                                                                        ("reference_scores", scores_paths)) for s in splits}}
+    return train(model, all_params, run_name=run, data_dir=data_dir, objective=objective,
                  fingerprint_extra=extra, init_from=reference if cfg.init == "reference" else None, seed=args.seed)
-
 
 if __name__ == "__main__":
     run_stage(main)

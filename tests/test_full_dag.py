@@ -22,7 +22,7 @@ from pipeline.train import load_checkpoint
 from tests.dvc_project import env, make_project, run
 from tests.test_train import assert_same, tensors
 
-MODELS = ("seq2seq", "gpmn", "postks", "pednet", "seq2seq_gcl", "pednet_gcl")
+MODELS = ("seq2seq", "gpmn", "postks", "pednet", "seq2seq_history", "seq2seq_history_gcl", "pednet_gcl")
 CONTROLS = ("gold", "constant")
 SEEDS = [1, 2]  # two: the report's mean ± sd over seeds has a spread
 
@@ -35,8 +35,11 @@ TINY_DAG = {
     "pednet": {"k": 3},
     "msn": {"max_utterances": 3, "max_words": 16, "dim": 8, "selector_hidden": 2, "channels": [2, 2, 2],
             "match_dim": 6, "gru_hidden": 6, "epochs": 1, "batch_size": 16},
-    "seq2seq_gcl": {"train": {"batch_size": 4, "max_steps": 4, "validate_every": 2, "checkpoint_every": 2}},
-    "pednet_gcl": {"train": {"batch_size": 4, "max_steps": 4, "validate_every": 2, "checkpoint_every": 2}},
+    "seq2seq_history": {"max_context_tokens": 30},
+    "seq2seq_history_gcl": {"train": {"batch_size": 4, "max_steps": 4, "validate_every": 2, "checkpoint_every": 2,
+                                      "criterion": "cl_nll", "clip": 1.0}},
+    "pednet_gcl": {"train": {"batch_size": 4, "max_steps": 4, "validate_every": 2, "checkpoint_every": 2,
+                             "criterion": "cl_nll", "clip": 1.0}},
     "generate": {"max_len": 8},
     "report": {"case_studies": 1},
 }

@@ -353,10 +353,45 @@ def test_reference_cache_equals_live_reference(data_dir, train_ds):
                          method="sequence_log_prob")
             np.testing.assert_allclose(c[row][f"{kind}_log_probs"], live.detach().numpy(), rtol=1e-5, atol=1e-4)
 
-    # a target initialised from the reference (eval mode) has D = 0 on every pair
+    # a target initialised from the reference has D = 0 on every pair, even in train mode:
+    # the contrastive pass runs without dropout, as the reference was scored
+    model.params["dropout"] = 0.5
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.5
+    model.train()
     obj = GroupContrastive(GCLConfig(k=2), groups, cached, train_ds)
     out = obj(model, train_ds.collate([0, 2, 3]))
     assert abs(out["d_positive"].item()) < 1e-4
+    assert model.training  # and the model is back in train mode
+    out["loss"].backward()  # gradients flow through the eval-mode pass
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    # with dropout in the scoring pass (the old behaviour) D is off zero
+    torch.manual_seed(1)
+    biased = GroupContrastive(GCLConfig(k=2, score_dropout=True), groups, cached, train_ds)
+    assert abs(biased(model, train_ds.collate([0, 2, 3]))["d_positive"].item()) > 1e-2
+    # the validation contrastive loss: every valid group pair, eval mode; D = 0 -> Eq. 4 at D = 0
+    obj = GroupContrastive(GCLConfig(k=2), groups, cached, train_ds, valid=(groups, cached, train_ds), valid_batch=4)
+    val = obj.validate(model, "cpu", "fp32")
+    assert model.training and abs(val["d_positive"]) < 1e-4
+    expect = []
+    for pos, neg in obj.groups:
+        pos = [p for p in pos if p.s > 0]
+        neg = [p for p in neg if p.s <= 0]
+        t = sum(-math.log(p.s) + LN2 for p in pos) / len(pos)
+        t += sum(-math.log(1 + p.s / 2) for p in neg) / len(neg) if neg else 0.0
+        expect.append(t)
+    assert val["cl"] == pytest.approx(float(np.mean(expect)), abs=1e-4)
+    assert GroupContrastive(GCLConfig(k=2), groups, cached, train_ds).validate(model, "cpu") == {}
+
+
+def test_objective_eq4_plus_mle_anchor_by_hand(train_ds):
+    # Eq. 4 + λ NLL: the fake model's NLL is 2.0 and Eq. 4 on row 0 at D = ln 3 is 1.562405
+    out = objective(train_ds, LN3, mle_weight=0.5)(FakeModel(), train_ds.collate([0]))
+    assert out["loss"].item() == pytest.approx(1.562405 + 0.5 * 2.0, abs=1e-5)
+    assert out["mle_loss"].item() == 2.0 and out["cl_loss"].item() == pytest.approx(1.562405, abs=1e-5)
+    with pytest.raises(ValueError, match="mle_weight"):
+        GCLConfig(mle_weight=-1)
 
 
 # -- the stages end to end on the tiny corpus --------------------------------------------
@@ -393,21 +428,24 @@ def test_gcl_stages_end_to_end(tmp_path, data_dir, monkeypatch, caplog):
     prepared = pq.read_table("data/prepared/train.parquet")
     (tmp_path / "data/groups").mkdir()
     pq.write_table(fake_groups(prepared), "data/groups/train.parquet")
+    pq.write_table(fake_groups(pq.read_table("data/prepared/valid.parquet")), "data/groups/valid.parquet")
     params = tiny_params(
         train={"epochs": 1},
         msn={"max_utterances": 3, "max_words": 16, "dim": 8, "hops": 3, "selector_hidden": 2, "alpha": 0.5,
              "gamma": 0.3, "bilinear": "full", "channels": [2, 3, 4], "match_dim": 6, "gru_hidden": 5,
              "dropout": 0.0, "epochs": 1, "batch_size": 16, "lr": 0.003, "seed": 1, "eval_candidates": 10},
-        score_groups={"max_pairs": 128},
+        score_groups={"max_pairs": 128, "scorer": "msn"},
         select_groups={"selection": "msn", "seed": 1},
         reference_scores={"batch_size": 64},
         gcl={"k": 2},
-        seq2seq_gcl={"train": {"max_steps": 3, "batch_size": 8, "validate_every": 0}},
+        seq2seq_history={"model": "seq2seq", "context": "history", "max_context_tokens": 30},
+        seq2seq_history_gcl={"train": {"max_steps": 3, "batch_size": 8, "validate_every": 0, "criterion": "cl_nll"}},
     )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
-    train.main(["seq2seq", "--seed", "1"])  # dvc stage train@seq2seq-1
-    assert (tmp_path / "checkpoints/seq2seq/seed1/best.pt").exists()
+    train.main(["seq2seq_history", "--seed", "1"])  # dvc stage train_history@seq2seq_history-1
+    reference = load_checkpoint(tmp_path / "checkpoints/seq2seq_history/seed1/best.pt")
+    assert reference["model_name"] == "seq2seq" and reference["model_params"]["context"] == "history"
     metrics = msn.main()
     assert set(metrics) >= {"R10@1", "R10@2", "R10@5", "MRR"}
     assert (tmp_path / "reports/msn.json").exists()
@@ -421,20 +459,24 @@ def test_gcl_stages_end_to_end(tmp_path, data_dir, monkeypatch, caplog):
     first = (tmp_path / "data/scored_groups/train.parquet").read_bytes()
     select_groups.main()
     assert (tmp_path / "data/scored_groups/train.parquet").read_bytes() == first  # deterministic bytes
-    reference_scores.main(["seq2seq", "--seed", "1"])
-    ref = pq.read_table("data/reference_scores/seq2seq/seed1/train.parquet")
-    assert ref.schema.equals(REFERENCE_SCORES) and ref.num_rows == prepared.num_rows
+    reference_scores.main(["seq2seq_history", "--seed", "1"])
+    for split in ("train", "valid"):
+        ref = pq.read_table(f"data/reference_scores/seq2seq_history/seed1/{split}.parquet")
+        assert ref.schema.equals(REFERENCE_SCORES)
+        assert ref.num_rows == pq.read_table(f"data/prepared/{split}.parquet").num_rows
 
     with caplog.at_level(logging.INFO):
-        summary = train_gcl.main(["seq2seq", "--seed", "1"])
-    assert summary["steps"] == 3 and "initialised from checkpoints/seq2seq/seed1/best.pt" in caplog.text
-    reference_weights = load_checkpoint("checkpoints/seq2seq/seed1/best.pt")["model"]
-    gcl = load_checkpoint("checkpoints/seq2seq_gcl/seed1/last.pt")
-    assert gcl["model_name"] == "seq2seq" and gcl["run"] == "seq2seq_gcl"
+        summary = train_gcl.main(["seq2seq_history", "--seed", "1"])
+    assert summary["steps"] == 3 and "initialised from checkpoints/seq2seq_history/seed1/best.pt" in caplog.text
+    assert summary["criterion"] == "cl_nll" and summary["best_val_criterion"] > summary["best_val_nll"] * 0.5
+    reference_weights = reference["model"]
+    gcl = load_checkpoint("checkpoints/seq2seq_history_gcl/seed1/last.pt")
+    assert gcl["model_name"] == "seq2seq" and gcl["run"] == "seq2seq_history_gcl"
+    assert gcl["model_params"]["context"] == "history"  # the target reads the data as its reference did
     assert any(not torch.equal(gcl["model"][k], v) for k, v in reference_weights.items())
-    assert train_gcl.main(["seq2seq", "--seed", "1"])["skipped"]  # finished with the same inputs: nothing to do
+    assert train_gcl.main(["seq2seq_history", "--seed", "1"])["skipped"]  # same inputs: nothing to do
     # seed K's target pairs with seed K's reference only (none trained for seed 2 here)
-    with pytest.raises(InputError, match="checkpoints/seq2seq/seed2/best.pt: missing"):
-        train_gcl.main(["seq2seq", "--seed", "2"])
-    generate.main(["seq2seq_gcl", "--seed", "1"])
-    assert pq.read_table("reports/generations/seq2seq_gcl/seed1.parquet").schema.equals(GENERATIONS)
+    with pytest.raises(InputError, match="checkpoints/seq2seq_history/seed2/best.pt: missing"):
+        train_gcl.main(["seq2seq_history", "--seed", "2"])
+    generate.main(["seq2seq_history_gcl", "--seed", "1"])
+    assert pq.read_table("reports/generations/seq2seq_history_gcl/seed1.parquet").schema.equals(GENERATIONS)

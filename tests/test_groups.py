@@ -109,6 +109,53 @@ def test_bottom_ties_follow_a_per_query_order_not_the_file_order():
     assert pools.rows[0].tolist() == groups.rank_bm25_pools(docs, top=0, bottom=5).rows[0].tolist()
 
 
+def _dialogue_corpus(seed: int = 5):
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(30)]
+    docs = [list(rng.choice(words, size=int(rng.integers(1, 12)))) for _ in range(120)]
+    dialogues = [f"d{i // 6}" for i in range(len(docs))]  # 6 turns per dialogue, like real ones
+    return docs, dialogues
+
+
+def test_no_candidate_from_the_own_dialogue_when_excluded():
+    docs, dialogues = _dialogue_corpus()
+    for negatives in groups.NEGATIVES:
+        pools = groups.bm25_pools(docs, top=5, bottom=5, block=32, dialogues=dialogues, negatives=negatives)
+        for q, rows in enumerate(pools.rows):
+            assert len(rows) == 10 and len(set(rows.tolist())) == 10
+            assert all(dialogues[r] != dialogues[q] for r in rows)
+    # ... while the default keeps them (the authors' pools): same-dialogue turns share history
+    pools = groups.bm25_pools(docs, top=5, bottom=5, block=32)
+    assert any(dialogues[r] == dialogues[q] for q, rows in enumerate(pools.rows) for r in rows)
+
+
+def test_dialogue_exclusion_and_short_negatives_match_rank_bm25():
+    docs, dialogues = _dialogue_corpus(7)
+    fast = groups.bm25_pools(docs, top=4, bottom=6, block=16, dialogues=dialogues, min_negative_tokens=5)
+    slow = groups.rank_bm25_pools(docs, top=4, bottom=6, dialogues=dialogues, min_negative_tokens=5)
+    for q in range(len(docs)):
+        assert fast.rows[q].tolist() == slow.rows[q].tolist()
+        bottom = fast.rows[q][fast.n_top[q]:]
+        assert all(len(docs[r]) >= 5 for r in bottom)
+
+
+def test_random_negatives_are_seeded_eligible_and_not_top():
+    docs, dialogues = _dialogue_corpus(9)
+    a = groups.bm25_pools(docs, top=3, bottom=6, dialogues=dialogues, negatives="random", min_negative_tokens=4)
+    b = groups.bm25_pools(docs, top=3, bottom=6, block=7, dialogues=dialogues, negatives="random",
+                          min_negative_tokens=4)
+    c = groups.bm25_pools(docs, top=3, bottom=6, dialogues=dialogues, negatives="random", min_negative_tokens=4,
+                          seed=2)
+    assert all(x.tolist() == y.tolist() for x, y in zip(a.rows, b.rows, strict=True))  # blocks do not matter
+    assert any(x.tolist() != y.tolist() for x, y in zip(a.rows, c.rows, strict=True))  # the seed does
+    for q, rows in enumerate(a.rows):
+        top, rest = rows[: a.n_top[q]], rows[a.n_top[q]:]
+        assert len(rest) == 6 and not set(top.tolist()) & set(rest.tolist())
+        assert all(len(docs[r]) >= 4 for r in rest)
+    with pytest.raises(ValueError, match="negatives"):
+        groups.bm25_pools(docs, negatives="middle")
+
+
 def test_pick_is_exact_with_ties():
     rng = np.random.default_rng(3)
     values = rng.integers(0, 4, size=(30, 50)).astype(np.float32)  # heavy ties everywhere
@@ -139,7 +186,7 @@ def _prepared(n: int) -> pa.Table:
 
 
 def _params(tmp_path, **over):
-    p = {"top": 3, "bottom": 2, "context_tokens": 20, "k1": 1.5, "b": 0.75} | over
+    p = {"top": 3, "bottom": 2, "context_tokens": 20, "k1": 1.5, "b": 0.75, "min_negative_tokens": 0} | over
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"groups": p}))
 
 
@@ -149,24 +196,26 @@ def test_stage_schema_alignment_and_identical_bytes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data/prepared").mkdir(parents=True)
     pq.write_table(_prepared(40), "data/prepared/train.parquet")
+    pq.write_table(_prepared(24), "data/prepared/valid.parquet")
     _params(tmp_path)
     stage.main()
     first = (tmp_path / "data/groups/train.parquet").read_bytes()
     stage.main()
     assert (tmp_path / "data/groups/train.parquet").read_bytes() == first
 
-    table = read_parquet("data/groups/train.parquet")
-    assert table.schema == GROUPS
-    assert table.column("example_id").to_pylist() == _prepared(40).column("example_id").to_pylist()
-    rows = table.to_pylist()
-    for i, row in enumerate(rows):
-        if i % 4 == 0:  # the bot opens: empty context, no pool
-            assert row["candidate_rows"] == [] and row["is_top"] == []
-        else:
-            assert row["is_top"] == [True] * 3 + [False] * 2
-            assert i not in row["candidate_rows"] and all(r % 4 for r in row["candidate_rows"])
-            assert len(row["bm25_scores"]) == 5
-        assert row["msn_response_side"] is None and row["msn_context_side"] is None
+    for split, n in (("train", 40), ("valid", 24)):  # each split retrieves within itself
+        table = read_parquet(f"data/groups/{split}.parquet")
+        assert table.schema == GROUPS
+        assert table.column("example_id").to_pylist() == _prepared(n).column("example_id").to_pylist()
+        for i, row in enumerate(table.to_pylist()):
+            if i % 4 == 0:  # the bot opens: empty context, no pool
+                assert row["candidate_rows"] == [] and row["is_top"] == []
+            else:
+                assert row["is_top"] == [True] * 3 + [False] * 2
+                assert all(r % 4 for r in row["candidate_rows"])
+                assert all(r // 4 != i // 4 for r in row["candidate_rows"])  # never the own dialogue
+                assert len(row["bm25_scores"]) == 5
+            assert row["msn_response_side"] is None and row["msn_context_side"] is None
 
 
 def test_stage_rejects_bad_params(tmp_path, monkeypatch):
@@ -176,6 +225,11 @@ def test_stage_rejects_bad_params(tmp_path, monkeypatch):
     _params(tmp_path, top=-1)
     with pytest.raises(InputError, match="groups.top"):
         stage.main()
+    for bad, match in (({"negatives": "middle"}, "groups.negatives"), ({"same_dialogue": "no"}, "groups.same_dialogue"),
+                       ({"min_negative_tokens": 2.5}, "groups.min_negative_tokens"), ({"topp": 3}, "groups.topp")):
+        _params(tmp_path, **bad)
+        with pytest.raises(InputError, match=match):
+            stage.main()
     _params(tmp_path)
     with pytest.raises(InputError, match="file not found"):
         stage.main()

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import human_eval as he
 from pipeline.io import InputError, write_parquet
-from pipeline.schema import GENERATIONS, SILENCE
+from pipeline.schema import GENERATIONS_LEGACY, SILENCE
 
 MODELS = ("seq2seq", "pednet", "gpmn")
 # a model's "quality" decides the scores the fake annotators give it
@@ -54,7 +54,7 @@ def write_generations(directory: Path, n: int = 12) -> None:
                 "hypothesis": [f"{model} answer {t}" for t in range(n)],
                 "selected_persona": [None] * n,
             },
-            schema=GENERATIONS,
+            schema=GENERATIONS_LEGACY,
         )
         write_parquet(table, directory / model / "seed1.parquet")
 

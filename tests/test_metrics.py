@@ -15,7 +15,7 @@ import pytest
 from pipeline import metrics
 from pipeline.embeddings import to_table
 from pipeline.io import InputError, read_parquet, write_parquet
-from pipeline.schema import GENERATIONS
+from pipeline.schema import GENERATIONS, GENERATIONS_LEGACY
 from pipeline.vocab import load_vocab
 from tests.prepared import write_params, write_prepared
 
@@ -328,7 +328,7 @@ def _generations_table(test: dict, hypotheses: list[str]) -> pa.Table:
             "hypothesis": hypotheses,
             "selected_persona": [0] * len(hypotheses),
         },
-        schema=GENERATIONS,
+        schema=GENERATIONS_LEGACY,  # as committed files written before log_p_own
     )
 
 

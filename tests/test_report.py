@@ -12,11 +12,11 @@ import yaml
 from pipeline import paper_results, report, stats
 from pipeline.io import InputError, write_json, write_parquet
 from pipeline.metrics import METRIC_KEYS, read_generations
-from pipeline.schema import GENERATIONS, SILENCE
+from pipeline.schema import GENERATIONS_LEGACY, SILENCE
 from tests.prepared import write_params
 
 PERSONA = ["i have a big dog", "i play the guitar", "i live near the beach"]
-# run -> seed -> scale of its fake metrics; postks and seq2seq_gcl are not run
+# run -> seed -> scale of its fake metrics; postks and seq2seq_history_gcl are not run
 SEEDS = {
     "seq2seq": {1: 1.0, 2: 1.1, 3: 1.2},
     "gpmn": {1: 1.5},
@@ -43,7 +43,7 @@ def fake_generations(model: str, selected: list[int | None], seed: int = 1) -> p
             "hypothesis": [f"{model} s{seed} says {t} | pipe" if t else "" for t in range(5)],
             "selected_persona": selected,
         },
-        schema=GENERATIONS,
+        schema=GENERATIONS_LEGACY,  # without log_p_own / log_p_shuffled, as older files
     )
 
 
@@ -105,10 +105,10 @@ def test_paper_numbers_are_consistent():
     for model, row in paper_results.PEDNET_TABLE2.items():
         r, p = float(row["persona_recall"]), float(row["persona_precision"])
         assert abs(2 * r * p / (r + p) - float(row["persona_f1"])) < 0.0011, model
-    assert paper_results.paper_fraction(paper_results.GCL_TABLE2A, "seq2seq", "bleu_1") == pytest.approx(
+    assert paper_results.paper_fraction(paper_results.GCL_TABLE2A, "seq2seq_history", "bleu_1") == pytest.approx(
         0.1204
     )
-    assert paper_results.paper_fraction(paper_results.GCL_TABLE2A, "seq2seq", "entropy_1") == pytest.approx(
+    assert paper_results.paper_fraction(paper_results.GCL_TABLE2A, "seq2seq_history", "entropy_1") == pytest.approx(
         6.891
     )
     assert paper_results.paper_fraction(paper_results.PEDNET_TABLE2, "pednet", "persona_f1") == pytest.approx(
@@ -135,17 +135,19 @@ def test_stage_renders_tables_claims_case_study_and_not_run(project):
     assert "| Constant reply | *control* | " + " | ".join(["0.005"] * 6) + " |" in lines
     assert text.count("| Gold (reference) | *control* |") == 3
     # GCL layout: percent (1.353 ± 0.123), entropies in bits (7.150 ± 0.650)
-    assert "| Seq2Seq + GCL | *paper* | 13.66 | 4.916 | 1.597 | 0.612 |" in text
+    assert "| Seq2Seq (multi-turn) + GCL | *paper* | 13.66 | 4.916 | 1.597 | 0.612 |" in text
     assert (
         "| Seq2Seq | **ours** (3 seeds) | " + " | ".join(["1.353 ± 0.123"] * 11) + " | 7.150 ± 0.650 |"
         in text
     )
     assert "| Transformer | *paper* | 11.46 |" in text
-    # not run: in both papers' tables and in the persona control
-    assert text.count("| PostKS | **ours** | not run |") == 3
+    # not run: in both papers' tables, the persona control and the shuffled-context diagnostic
+    assert text.count("| PostKS | **ours** | not run |") == 4
+    # metrics without query_gain (generations older than the log-prob columns): "—"
+    assert "| Seq2Seq | **ours** (3 seeds) | — | — | — |" in text
     assert (
         "Evaluated: Seq2Seq (3 seeds), GPMN (1 seed), PEDNet (2 seeds), PEDNet + GCL (1 seed). "
-        "Not run yet: PostKS, Seq2Seq + GCL." in text
+        "Not run yet: PostKS, Seq2Seq (multi-turn), Seq2Seq (multi-turn) + GCL." in text
     )
     # the shuffled-persona control: every run and control
     assert "| Model | Source | P-F1 | P-F1 shuffled | P-F1 gain | P-Cover | P-Cover shuffled |" in lines
@@ -196,7 +198,7 @@ def test_stage_writes_summary_and_claims_deterministically(project):
     assert done["difference"] == 0.0 and done["holds"] == stats.NOT_SIGNIFICANT
     assert claims["pednet_table2:persona_f1:seq2seq<gpmn"]["n_seeds"] == {"lower": 3, "higher": 1}
     assert claims["pednet_table2:persona_coverage:gpmn<postks"]["holds"] == stats.NOT_RUN
-    assert claims["gcl_table2a:bleu_4:seq2seq<seq2seq_gcl"]["n_seeds"] == {"lower": 3, "higher": 0}
+    assert claims["gcl_table2a:bleu_4:seq2seq_history<seq2seq_history_gcl"]["n_seeds"] == {"lower": 0, "higher": 0}
 
     outputs = ["reports/summary.json", "reports/claims.json", "reports/results.md"]
     first = [(project / f).read_bytes() for f in outputs]

@@ -64,6 +64,9 @@ def _generations(hypotheses, references=None, persona=("i have a big dog", "i lo
         "persona": [list(persona)] * n,
         "reference": references if references is not None else ["my dog is big"] * n,
         "hypothesis": list(hypotheses),
+        # per-token log-probs of the reference given its own / a shuffled context (query_gain)
+        "log_p_own": [-1.0 - 0.1 * len(h.split()) for h in hypotheses],
+        "log_p_shuffled": [-1.5 - 0.05 * (i % 7) for i in range(n)],
     }
 
 
@@ -85,6 +88,8 @@ def test_resampled_metrics_equal_the_metric_on_the_resampled_text():
     expected = {f"distinct_{n}": metrics.distinct([t.split() for t in text], n) for n in (1, 2, 3)}
     expected.update(metrics.bleu_metrics([refs[i] for i in draw], text))
     expected.update(metrics.persona_metrics(text, [gen["persona"][i] for i in draw], idf))
+    expected.update(metrics.query_metrics([gen["log_p_own"][i] for i in draw],
+                                          [gen["log_p_shuffled"][i] for i in draw]))
     for metric in stats.SUPPORTED_METRICS:
         got = stats.metric_on_resamples(ex, metric, counts)
         assert got[0] == pytest.approx(expected[metric], abs=1e-12), metric
@@ -210,8 +215,8 @@ def test_the_papers_claims():
         "pednet_table2:persona_f1:postks<pednet",
     ]
     assert "pednet_table2:persona_coverage:postks<pednet" in ids
-    for base in ("seq2seq", "pednet"):
+    for base in ("seq2seq_history", "pednet"):  # GCL's Seq2Seq reads the multi-turn history
         for m in ("distinct_1", "distinct_2", "distinct_3", "bleu_1", "bleu_2", "bleu_3", "bleu_4"):
             assert f"gcl_table2a:{m}:{base}<{base}_gcl" in ids
-    assert set(stats.metrics_by_run(stats.CLAIMS)) == {"seq2seq", "gpmn", "postks", "pednet", "seq2seq_gcl",
-                                                       "pednet_gcl"}  # fmt: skip
+    assert set(stats.metrics_by_run(stats.CLAIMS)) == {"seq2seq", "gpmn", "postks", "pednet", "seq2seq_history",
+                                                       "seq2seq_history_gcl", "pednet_gcl"}  # fmt: skip

@@ -35,7 +35,7 @@ def fake_read(available: dict, run: str = "pednet"):
 
 def test_targets_are_the_evaluate_stage_of_every_seed():
     assert sweeps.SWEEPS["k"].targets([1, 2, 3]) == ["evaluate@pednet-1", "evaluate@pednet-2", "evaluate@pednet-3"]
-    assert sweeps.SWEEPS["group_size"].targets([4]) == ["evaluate@seq2seq_gcl-4"]
+    assert sweeps.SWEEPS["group_size"].targets([4]) == ["evaluate@seq2seq_history_gcl-4"]
     assert sweeps.SWEEPS["gamma"].metrics_path(2) == "reports/metrics/pednet/seed2.json"
 
 
@@ -101,7 +101,7 @@ def test_collect_writes_csv_png_and_table_and_is_deterministic(tmp_path):
 
 
 def test_collect_with_nothing_run_writes_empty_tables(tmp_path):
-    sweeps.collect(["group_size"], tmp_path, BASE, fake_read({}, run="seq2seq_gcl"))
+    sweeps.collect(["group_size"], tmp_path, BASE, fake_read({}, run="seq2seq_history_gcl"))
     lines = (tmp_path / "sweeps" / "group_size.csv").read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("value,source,n_seeds,")
     assert (tmp_path / "sweeps" / "group_size.png").read_bytes().startswith(b"\x89PNG")
@@ -116,7 +116,7 @@ def test_queue_skips_the_baseline_value_and_targets_every_seed(monkeypatch):
                         "evaluate@pednet-1", "evaluate@pednet-2", "evaluate@pednet-3")
     calls.clear()
     assert sweeps.queue(["group_size"], values=[1, 3]) == ["sweep-group_size-1"]
-    assert calls[0][-3:] == ("evaluate@seq2seq_gcl-1", "evaluate@seq2seq_gcl-2", "evaluate@seq2seq_gcl-3")
+    assert calls[0][-3:] == ("evaluate@seq2seq_history_gcl-1", "evaluate@seq2seq_history_gcl-2", "evaluate@seq2seq_history_gcl-3")
 
 
 def test_params_without_seeds_are_one_line_errors(monkeypatch):
@@ -140,7 +140,7 @@ def test_targets_and_plots_match_dvc_yaml(tmp_path):
 
     read_by_run = {"pednet": fake_read({"HEAD": {1: 0.1, 2: 0.2}, "sweep-k-1": {1: 0.3, 2: 0.4},
                                         "sweep-gamma-0.1": {2: 0.3}}),
-                   "seq2seq_gcl": fake_read({"HEAD": {1: 0.1, 2: 0.2}}, run="seq2seq_gcl")}
+                   "seq2seq_history_gcl": fake_read({"HEAD": {1: 0.1, 2: 0.2}}, run="seq2seq_history_gcl")}
 
     def read(path, rev):
         return read_by_run[path.split("/")[2]](path, rev)

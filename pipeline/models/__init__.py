@@ -56,6 +56,7 @@ BACKBONE_DEFAULTS: dict[str, Any] = {
     "attention": "dot",
     "tie_embeddings": True,
     "freeze_embeddings": False,
+    "context": "query",  # query | history (pipeline.dataset.DataConfig.context)
 }
 
 _REGISTRY: dict[str, type[Generator]] = {}
@@ -83,10 +84,16 @@ def get_model_class(name: str) -> type[Generator]:
     return _REGISTRY[name]
 
 
+def run_architecture(all_params: dict, run: str) -> str:
+    """The generator a run trains: its params section's ``model`` key, else the run's own
+    name (``seq2seq_history: {model: seq2seq, context: history}`` is a Seq2Seq run)."""
+    return (all_params.get(run) or {}).get("model", run)
+
+
 def model_params(all_params: dict, name: str) -> dict:
     """Backbone defaults <- params.yaml `model` <- the model's own section (minus its
     `train` overrides, which belong to the loop)."""
-    own = {k: v for k, v in (all_params.get(name) or {}).items() if k != "train"}
+    own = {k: v for k, v in (all_params.get(name) or {}).items() if k not in ("train", "model", "reference")}
     return {**BACKBONE_DEFAULTS, **(all_params.get("model") or {}), **own}
 
 
