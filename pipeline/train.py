@@ -499,6 +499,10 @@ def train(
     stop = False
     running, running_n, tokens, t0 = 0.0, 0, 0, time.perf_counter()
     eval_seconds = [0.0]
+    if init_from is not None and resume is None:
+        # A fine-tune (GCL) must earn its best.pt: its starting point is the first candidate,
+        # so a run that never beats the model it started from keeps that model.
+        validate()
     model.train()
     while prog.epoch < cfg.epochs and not stop:
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + prog.epoch)  # same order on every rank

@@ -40,16 +40,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("reference", help="the MLE reference run: seq2seq_history | pednet (the run is <reference>_gcl)")
     parser.add_argument("--seed", type=int, default=1, help="training seed (and the reference's)")
+    parser.add_argument("--run", default=None,
+                        help="a variant's params section (default <reference>_gcl): its `gcl` and `train` keys "
+                             "override those of <reference>_gcl, e.g. an ablation of GCL Table 5")
     parser.add_argument("--data", default="data")
     args = parser.parse_args(argv)
     all_params = load_params()
-    cfg = GCLConfig.from_params(all_params.get("gcl") or {})
     ref_run = args.reference
-    data_dir, run, model = Path(args.data), f"{ref_run}_gcl", run_architecture(all_params, ref_run)
+    data_dir, base, model = Path(args.data), f"{ref_run}_gcl", run_architecture(all_params, ref_run)
+    run = args.run or base
+    if run != base and run not in all_params:
+        raise InputError("params.yaml", f"{run}: no such section (a GCL variant names its gcl/train overrides)")
     # The target is its reference, fine-tuned: it reads the data as the reference run does
-    # (e.g. seq2seq_history's multi-turn context); the GCL run's own keys come last.
+    # (e.g. seq2seq_history's multi-turn context); then <reference>_gcl's keys, then the variant's.
     ref_section = {k: v for k, v in (all_params.get(ref_run) or {}).items() if k not in ("train", "model")}
-    all_params = {**all_params, run: {**(ref_section if ref_run != model else {}), **(all_params.get(run) or {})}}
+    layers = [all_params.get(base) or {}, *([all_params.get(run) or {}] if run != base else [])]
+    merged = {**(ref_section if ref_run != model else {})}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if k not in ("train", "gcl")})
+    for key in ("train", "gcl"):
+        merged[key] = {k: v for layer in layers for k, v in (layer.get(key) or {}).items()}
+    all_params = {**all_params, run: merged}
+    try:
+        cfg = GCLConfig.from_params({**(all_params.get("gcl") or {}), **merged["gcl"]})
+    except ValueError as e:
+        raise InputError("params.yaml", f"{run}.gcl: {e}") from None
     reference = run_dirs(ref_run, args.seed)[0] / "best.pt"
     splits = ("train", "valid")
     groups_paths = {s: data_dir / "scored_groups" / f"{s}.parquet" for s in splits}

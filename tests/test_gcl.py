@@ -440,6 +440,8 @@ def test_gcl_stages_end_to_end(tmp_path, data_dir, monkeypatch, caplog):
         gcl={"k": 2},
         seq2seq_history={"model": "seq2seq", "context": "history", "max_context_tokens": 30},
         seq2seq_history_gcl={"train": {"max_steps": 3, "batch_size": 8, "validate_every": 0, "criterion": "cl_nll"}},
+        eq4_alone={"gcl": {"mle_weight": 0.0}, "train": {"max_steps": 2}},
+        bad_variant={"gcl": {"k": 0}},
     )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
@@ -469,12 +471,24 @@ def test_gcl_stages_end_to_end(tmp_path, data_dir, monkeypatch, caplog):
         summary = train_gcl.main(["seq2seq_history", "--seed", "1"])
     assert summary["steps"] == 3 and "initialised from checkpoints/seq2seq_history/seed1/best.pt" in caplog.text
     assert summary["criterion"] == "cl_nll" and summary["best_val_criterion"] > summary["best_val_nll"] * 0.5
+    # a fine-tune validates its starting point first: best.pt is never worse than the reference
+    steps = [int(line.split("\t")[0]) for line in
+             (tmp_path / "dvclive/seq2seq_history_gcl/seed1/plots/metrics/val/cl.tsv").read_text().splitlines()[1:]]
+    assert steps[0] == 0 and steps[-1] == 3
     reference_weights = reference["model"]
     gcl = load_checkpoint("checkpoints/seq2seq_history_gcl/seed1/last.pt")
     assert gcl["model_name"] == "seq2seq" and gcl["run"] == "seq2seq_history_gcl"
     assert gcl["model_params"]["context"] == "history"  # the target reads the data as its reference did
     assert any(not torch.equal(gcl["model"][k], v) for k, v in reference_weights.items())
     assert train_gcl.main(["seq2seq_history", "--seed", "1"])["skipped"]  # same inputs: nothing to do
+    # a variant: its gcl/train keys over seq2seq_history_gcl's (batch size and criterion stay)
+    variant = train_gcl.main(["seq2seq_history", "--seed", "1", "--run", "eq4_alone"])
+    assert variant["steps"] == 2 and variant["criterion"] == "cl_nll" and not variant["skipped"]
+    assert load_checkpoint("checkpoints/eq4_alone/seed1/best.pt")["run"] == "eq4_alone"
+    with pytest.raises(InputError, match="no_such_run: no such section"):
+        train_gcl.main(["seq2seq_history", "--seed", "1", "--run", "no_such_run"])
+    with pytest.raises(InputError, match="bad_variant.gcl"):
+        train_gcl.main(["seq2seq_history", "--seed", "1", "--run", "bad_variant"])
     # seed K's target pairs with seed K's reference only (none trained for seed 2 here)
     with pytest.raises(InputError, match="checkpoints/seq2seq_history/seed2/best.pt: missing"):
         train_gcl.main(["seq2seq_history", "--seed", "2"])
