@@ -30,6 +30,7 @@ DISPLAY = {
     "pednet": "PEDNet",
     "seq2seq_history": "Seq2Seq (multi-turn)",
     "seq2seq_history_gcl": "Seq2Seq (multi-turn) + GCL",
+    "seq2seq_history_gcl_last": "Seq2Seq (multi-turn) + GCL, last step",
     "pednet_gcl": "PEDNet + GCL",
     "transformer": "Transformer",
     "transformer_gcl": "Transformer + GCL",

@@ -111,6 +111,8 @@ GCL_METRICS = ("distinct_1", "distinct_2", "distinct_3", "bleu_1", "bleu_2", "bl
 CLAIMS: tuple[Claim, ...] = (
     *ordering("pednet_table2", ("persona_f1", "persona_coverage"), PEDNET_ORDER),
     *improvements("gcl_table2a", GCL_METRICS, [("seq2seq_history", "seq2seq_history_gcl"), ("pednet", "pednet_gcl")]),
+    # GCL's final step whatever the selection kept (stage generate_last): the training's own effect
+    *improvements("gcl_table2a", GCL_METRICS, [("seq2seq_history", "seq2seq_history_gcl_last")]),
 )
 
 # metric -> the per-example statistics it is computed from

@@ -38,10 +38,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=1, help="training seed (checkpoints/<run>/seed<K>)")
     parser.add_argument("--data", default="data")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="best.pt (the run's selection) or last.pt (its final step), written as run <run>_last")
     args = parser.parse_args(argv)
     p = load_params("generate")
     data_dir = Path(args.data)
-    best = run_dirs(args.model, args.seed)[0] / "best.pt"
+    best = run_dirs(args.model, args.seed)[0] / f"{args.checkpoint}.pt"
+    out_run = args.model if args.checkpoint == "best" else f"{args.model}_last"
     if not best.exists():
         raise InputError(best, "no trained model (run the train stage first)")
     device = torch.device("cuda" if p.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> Path:
              "%d of %d pairs have identical queries)", args.model, float((own - shuffled).mean()),
              float(own.mean()), float(shuffled.mean()), shuffle_seed, same, len(partner))
     return write_parquet(pa.Table.from_pylist(rows, schema=schema.GENERATIONS),
-                         generations_path(args.model, args.seed))
+                         generations_path(out_run, args.seed))
 
 
 if __name__ == "__main__":

@@ -494,3 +494,6 @@ def test_gcl_stages_end_to_end(tmp_path, data_dir, monkeypatch, caplog):
         train_gcl.main(["seq2seq_history", "--seed", "2"])
     generate.main(["seq2seq_history_gcl", "--seed", "1"])
     assert pq.read_table("reports/generations/seq2seq_history_gcl/seed1.parquet").schema.equals(GENERATIONS)
+    generate.main(["seq2seq_history_gcl", "--seed", "1", "--checkpoint", "last"])  # stage generate_last
+    assert pq.read_table("reports/generations/seq2seq_history_gcl_last/seed1.parquet").num_rows == \
+        pq.read_table("data/prepared/test.parquet").num_rows

@@ -147,7 +147,8 @@ def test_stage_renders_tables_claims_case_study_and_not_run(project):
     assert "| Seq2Seq | **ours** (3 seeds) | — | — | — |" in text
     assert (
         "Evaluated: Seq2Seq (3 seeds), GPMN (1 seed), PEDNet (2 seeds), PEDNet + GCL (1 seed). "
-        "Not run yet: PostKS, Seq2Seq (multi-turn), Seq2Seq (multi-turn) + GCL." in text
+        "Not run yet: PostKS, Seq2Seq (multi-turn), Seq2Seq (multi-turn) + GCL, "
+        "Seq2Seq (multi-turn) + GCL, last step." in text
     )
     # the shuffled-persona control: every run and control
     assert "| Model | Source | P-F1 | P-F1 shuffled | P-F1 gain | P-Cover | P-Cover shuffled |" in lines

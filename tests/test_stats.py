@@ -208,7 +208,7 @@ def test_claims_are_reproducible_and_independent_of_each_other():
 
 def test_the_papers_claims():
     ids = [c.id for c in stats.CLAIMS]
-    assert len(ids) == len(set(ids)) == 6 + 14
+    assert len(ids) == len(set(ids)) == 6 + 14 + 7
     assert ids[:3] == [
         "pednet_table2:persona_f1:seq2seq<gpmn",
         "pednet_table2:persona_f1:gpmn<postks",
@@ -219,4 +219,5 @@ def test_the_papers_claims():
         for m in ("distinct_1", "distinct_2", "distinct_3", "bleu_1", "bleu_2", "bleu_3", "bleu_4"):
             assert f"gcl_table2a:{m}:{base}<{base}_gcl" in ids
     assert set(stats.metrics_by_run(stats.CLAIMS)) == {"seq2seq", "gpmn", "postks", "pednet", "seq2seq_history",
-                                                       "seq2seq_history_gcl", "pednet_gcl"}  # fmt: skip
+                                                       "seq2seq_history_gcl", "seq2seq_history_gcl_last",
+                                                       "pednet_gcl"}  # fmt: skip
