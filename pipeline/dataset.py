@@ -103,7 +103,7 @@ class DataConfig:
 
     def __post_init__(self):
         if self.context not in CONTEXTS:
-            raise InputError("params.yaml", f"model.context: {self.context!r} is not one of {', '.join(CONTEXTS)}")
+            raise InputError("params.yaml", f"model.context: expected one of {', '.join(CONTEXTS)}, got {self.context!r}")
 
     @classmethod
     def from_params(cls, params: dict, inputs: frozenset[str] | set[str] = frozenset()) -> DataConfig:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from pipeline.dataset import Batch, DialogueDataset
 from pipeline.io import InputError, progress
+from pipeline.params_schema import validate as validate_params
 from pipeline.schema import REFERENCE_SCORES, SCORED_GROUPS
 
 log = logging.getLogger(__name__)
@@ -240,9 +241,10 @@ class GCLConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> GCLConfig:
+        validate_params("gcl", params)  # unknown keys, types, ranges: params_schema's one-line errors
         known = {f.name for f in fields(cls)}
-        if unknown := set(params) - known:
-            raise InputError("params.yaml", f"unknown gcl params {sorted(unknown)}")
+        if unknown := sorted(set(params) - known):
+            raise InputError("params.yaml", f"gcl.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
         return cls(**{k: v for k, v in params.items() if k in known})
 
     @property

@@ -39,14 +39,30 @@ class InputError(Exception):
 
 
 def load_params(section: str | None = None, path: str | os.PathLike = PARAMS_FILE) -> dict:
-    """Read ``params.yaml`` (or one top-level section of it)."""
+    """Read ``params.yaml`` (or one top-level section of it), validated up front
+    (pipeline.params_schema): a bad key is an InputError ``<section>.<key>: <problem>``
+    before the stage does any work. The whole file: every section with a schema."""
+    from pipeline import params_schema  # it imports InputError from here
+
     with open(path, encoding="utf-8") as f:
-        params = yaml.safe_load(f) or {}
-    if section is None:
-        return params
-    if section not in params:
+        try:
+            params = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise InputError(path, f"not valid YAML: {getattr(e, 'problem', None) or e}",
+                             line=mark.line + 1 if mark else None) from None
+    if section is not None and (not isinstance(params, dict) or section not in params):
         raise InputError(path, f"missing section {section!r}")
-    return params[section]
+    try:
+        if section is None:
+            params_schema.validate_all(params)
+        else:
+            params_schema.validate(section, params[section])
+    except InputError as e:
+        if e.path != str(path):  # another params file (e.g. pipeline.chat --params)
+            raise InputError(path, e.message) from None
+        raise
+    return params if section is None else params[section]
 
 
 def _umask() -> int:

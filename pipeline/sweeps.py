@@ -77,7 +77,7 @@ def seeds_of(params: dict) -> list[int]:
     seeds = params.get("seeds")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds):
-        raise InputError("params.yaml", f"seeds must be a non-empty list of integers, got {seeds!r}")
+        raise InputError("params.yaml", f"seeds: expected a non-empty list of integers, got {seeds!r}")
     return seeds
 
 

@@ -53,6 +53,7 @@ from pipeline.dataset import (
 from pipeline.io import InputError, atomic_path, progress, write_json
 from pipeline.models import Generator, ModelContext, build_model, get_model_class, model_params, perplexity
 from pipeline.models.layers import load_embedding_matrix
+from pipeline.params_schema import validate as validate_params
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,10 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
+        validate_params("train", params)  # unknown keys, types, ranges: params_schema's one-line errors
         known = {f.name for f in fields(cls)}
-        if unknown := set(params) - known:
-            raise InputError("params.yaml", f"unknown train params {sorted(unknown)}")
+        if unknown := sorted(set(params) - known):
+            raise InputError("params.yaml", f"train.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
         try:
             cfg = cls(**params)
         except TypeError as e:
@@ -114,7 +116,7 @@ class TrainConfig:
     def check(self) -> None:
         """Every value in range, one line per mistake (no traceback later in the loop)."""
         def bad(key: str, why: str):
-            raise InputError("params.yaml", f"train.{key} {why}, got {getattr(self, key)!r}")
+            raise InputError("params.yaml", f"train.{key}: {why}, got {getattr(self, key)!r}")
 
         for key in ("seed", "epochs", "batch_size", "eval_batch_size", "lr_patience", "validate_every",
                     "early_stopping", "min_lr_decays", "checkpoint_every", "max_steps", "log_every"):

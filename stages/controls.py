@@ -47,11 +47,11 @@ def constant_reply(params: dict) -> str:
     form: every metric splits on spaces, so "I love to read." would count other tokens."""
     reply = params.get("constant_reply")
     if not isinstance(reply, str) or not reply.strip():
-        raise InputError("params.yaml", f"evaluate.constant_reply must be a non-empty string, got {reply!r}")
+        raise InputError("params.yaml", f"evaluate.constant_reply: expected a non-empty string, got {reply!r}")
     if normalize(reply) != reply:
         raise InputError(
             "params.yaml",
-            f"evaluate.constant_reply {reply!r} is not normalised text; write {normalize(reply)!r}",
+            f"evaluate.constant_reply: {reply!r} is not normalised text; write {normalize(reply)!r}",
         )
     return reply
 

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError("command line", f"--seed must be >= 0, got {args.seed}")
     p = load_params("evaluate")
     if p["embedding_a"] <= 0:
-        raise InputError("params.yaml", f"evaluate.embedding_a must be > 0, got {p['embedding_a']}")
+        raise InputError("params.yaml", f"evaluate.embedding_a: expected a number > 0, got {p['embedding_a']!r}")
 
     start = time.perf_counter()
     source = generations_path(run, args.seed)

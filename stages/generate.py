@@ -53,10 +53,10 @@ def main(argv: list[str] | None = None) -> Path:
     model = load_trained(best, vocab, device)
     dataset = load_split(args.split, vocab, type(model).data_config(model.params), data_dir)
     if p.get("precision", "bf16") not in PRECISIONS:
-        raise InputError("params.yaml", f"generate.precision must be one of {PRECISIONS}, got {p['precision']!r}")
+        raise InputError("params.yaml", f"generate.precision: expected one of {', '.join(PRECISIONS)}, got {p['precision']!r}")
     shuffle_seed = p.get("query_shuffle_seed", QUERY_SHUFFLE_SEED)
     if not isinstance(shuffle_seed, int) or isinstance(shuffle_seed, bool) or shuffle_seed < 0:
-        raise InputError("params.yaml", f"generate.query_shuffle_seed must be an integer >= 0, got {shuffle_seed!r}")
+        raise InputError("params.yaml", f"generate.query_shuffle_seed: expected an integer >= 0, got {shuffle_seed!r}")
     if len(dataset) < 2:
         raise InputError(data_dir / "prepared" / f"{args.split}.parquet",
                          f"{len(dataset)} example(s): the shuffled-context diagnostic needs two")

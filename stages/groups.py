@@ -28,11 +28,11 @@ def main() -> None:
         raise InputError("params.yaml", f"groups.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
     for key in ("top", "bottom", "context_tokens", "min_negative_tokens", "seed"):
         if not isinstance(p[key], int) or isinstance(p[key], bool) or p[key] < 0:
-            raise InputError("params.yaml", f"groups.{key}: must be a non-negative integer, got {p[key]!r}")
+            raise InputError("params.yaml", f"groups.{key}: expected an integer >= 0, got {p[key]!r}")
     if p["negatives"] not in groups.NEGATIVES:
-        raise InputError("params.yaml", f"groups.negatives: {p['negatives']!r} is not one of {', '.join(groups.NEGATIVES)}")
+        raise InputError("params.yaml", f"groups.negatives: expected one of {', '.join(groups.NEGATIVES)}, got {p['negatives']!r}")
     if not isinstance(p["same_dialogue"], bool):
-        raise InputError("params.yaml", f"groups.same_dialogue: must be true or false, got {p['same_dialogue']!r}")
+        raise InputError("params.yaml", f"groups.same_dialogue: expected true or false, got {p['same_dialogue']!r}")
     for split in SPLITS:
         prepared = f"data/prepared/{split}.parquet"
         t = read_parquet(prepared, columns=["example_id", "dialogue_id", "history", "query"]).to_pydict()

@@ -20,7 +20,7 @@ def main() -> None:
     p = load_params("persona_labels")
     for key in ("batch_size", "max_length"):
         if not isinstance(p[key], int) or p[key] < 1:
-            raise InputError("params.yaml", f"persona_labels.{key} must be a positive integer, got {p[key]!r}")
+            raise InputError("params.yaml", f"persona_labels.{key}: expected an integer >= 1, got {p[key]!r}")
     splits = {s: read_parquet(f"{PREPARED}/{s}.parquet", columns=COLUMNS).to_pydict() for s in SPLITS}
     for s, cols in splits.items():
         log.info("read %s/%s.parquet: %d examples", PREPARED, s, len(cols["example_id"]))

@@ -20,7 +20,7 @@ def main() -> None:
     p = load_params("pmi")
     statistics = p.get("statistics", pmi.STATISTICS[0])
     if statistics not in pmi.STATISTICS:
-        raise InputError("params.yaml", f"pmi.statistics={statistics!r}, expected one of {pmi.STATISTICS}")
+        raise InputError("params.yaml", f"pmi.statistics: expected one of {', '.join(pmi.STATISTICS)}, got {statistics!r}")
     start = time.perf_counter()
     train = read_parquet(f"{PREPARED}/train.parquet", columns=[*COLUMNS, "dialogue_id"]).to_pydict()
     groups = pmi.left_out_groups(statistics, train["dialogue_id"], train["persona"])

@@ -34,7 +34,7 @@ def split_file(raw: Path, split: str, p: dict) -> Path:
 def check_params(p: dict) -> None:
     for key, choices in (("persona", parlai.PERSONA_CHOICES), ("variant", parlai.VARIANT_CHOICES)):
         if p[key] not in choices:
-            raise InputError("params.yaml", f"prepare.{key}={p[key]!r}, expected one of {', '.join(choices)}")
+            raise InputError("params.yaml", f"prepare.{key}: expected one of {', '.join(choices)}, got {p[key]!r}")
 
 
 def main() -> None:

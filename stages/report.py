@@ -79,7 +79,7 @@ def _names(p: dict, key: str, allow_empty: bool) -> list[str]:
     value = p.get(key)
     if not isinstance(value, list) or (not value and not allow_empty) or len(set(value)) != len(value):
         what = "a list" if allow_empty else "a non-empty list"
-        raise InputError("params.yaml", f"report.{key} must be {what} without repeats, got {value}")
+        raise InputError("params.yaml", f"report.{key}: expected {what} of distinct items, got {value!r}")
     return [str(v) for v in value]
 
 
@@ -92,7 +92,7 @@ def _seeds(params: dict) -> list[int]:
         or len(set(seeds)) != len(seeds)
     ):
         raise InputError(
-            "params.yaml", f"top-level `seeds` must be a non-empty list of distinct ints >= 0, got {seeds}"
+            "params.yaml", f"seeds: expected a non-empty list of distinct items, each an integer >= 0, got {seeds!r}"
         )
     return sorted(seeds)
 
@@ -100,7 +100,7 @@ def _seeds(params: dict) -> list[int]:
 def _count(p: dict, key: str, minimum: int) -> int:
     value = p.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise InputError("params.yaml", f"report.{key} must be an integer >= {minimum}, got {value!r}")
+        raise InputError("params.yaml", f"report.{key}: expected an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -114,7 +114,7 @@ def main() -> None:
     models = _names(p, "models", allow_empty=False)
     controls = _names(p, "controls", allow_empty=True)
     if both := sorted(set(models) & set(controls)):
-        raise InputError("params.yaml", f"report.models and report.controls share {both}")
+        raise InputError("params.yaml", f"report.controls: shares {both} with report.models")
     replicates, bootstrap_seed = _count(p, "bootstrap", 1), _count(p, "bootstrap_seed", 0)
     seeds = _seeds(params)
     start = time.perf_counter()

@@ -15,6 +15,7 @@ import argparse
 
 from pipeline.io import load_params, run_stage
 from pipeline.models import run_architecture
+from pipeline.params_schema import validate_run
 from pipeline.train import train
 
 
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", default="data", help="directory of the preprocessing outputs")
     args = parser.parse_args(argv)
     params = load_params()
+    validate_run(args.run, params.get(args.run))  # a run section params_schema.RUNS does not list
     return train(run_architecture(params, args.run), params, run_name=args.run, data_dir=args.data, seed=args.seed)
 
 

@@ -23,6 +23,7 @@ from pipeline.dataset import Vocab, load_split
 from pipeline.gcl import GCLConfig, GroupContrastive
 from pipeline.io import InputError, load_params, read_parquet, run_stage
 from pipeline.models import get_model_class, model_params, run_architecture
+from pipeline.params_schema import validate_run
 from pipeline.train import run_dirs, train
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     run = args.run or base
     if run != base and run not in all_params:
         raise InputError("params.yaml", f"{run}: no such section (a GCL variant names its gcl/train overrides)")
+    for name in dict.fromkeys((ref_run, base, run)):  # sections params_schema.RUNS may not list
+        validate_run(name, all_params.get(name))
     # The target is its reference, fine-tuned: it reads the data as the reference run does
     # (e.g. seq2seq_history's multi-turn context); then <reference>_gcl's keys, then the variant's.
     ref_section = {k: v for k, v in (all_params.get(ref_run) or {}).items() if k not in ("train", "model")}

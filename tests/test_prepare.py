@@ -126,7 +126,7 @@ def test_every_hostile_file_writes_nothing(repo, data, line, words):
 
 def test_bad_param_value(repo):
     setup_repo(repo, {"persona": "yours"}, corpus=False)
-    with pytest.raises(InputError, match="prepare.persona='yours', expected one of self"):
+    with pytest.raises(InputError, match="prepare.persona: expected one of self, other, both, none, got 'yours'"):
         prepare.main()
 
 

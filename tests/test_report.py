@@ -263,16 +263,16 @@ def test_bad_inputs(project):
         stage.main()
     bad.unlink()
     write_report_params(project, report={"models": ["pednet", "pednet"]})
-    with pytest.raises(InputError, match="without repeats"):
+    with pytest.raises(InputError, match="report.models: expected a non-empty list of distinct items"):
         stage.main()
     write_report_params(project, report={"models": ["pednet"], "controls": ["pednet"]})
-    with pytest.raises(InputError, match="share"):
+    with pytest.raises(InputError, match="report.controls: shares"):
         stage.main()
     write_report_params(project, report={"models": ["pednet"], "bootstrap": 0})
-    with pytest.raises(InputError, match="report.bootstrap must be an integer >= 1"):
+    with pytest.raises(InputError, match="report.bootstrap: expected an integer >= 1, got 0"):
         stage.main()
     write_report_params(project, seeds=[], report={"models": ["pednet"]})
-    with pytest.raises(InputError, match="`seeds` must be a non-empty list"):
+    with pytest.raises(InputError, match="seeds: expected a non-empty list"):
         stage.main()
 
 

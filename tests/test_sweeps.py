@@ -122,7 +122,7 @@ def test_queue_skips_the_baseline_value_and_targets_every_seed(monkeypatch):
 def test_params_without_seeds_are_one_line_errors(monkeypatch):
     monkeypatch.setattr(sweeps, "_dvc", lambda *a, **kw: pytest.fail("queued without seeds"))
     monkeypatch.setattr("dvc.api.params_show", lambda *a, **kw: {"pednet": {"k": 15}})
-    with pytest.raises(InputError, match="seeds must be a non-empty list of integers"):
+    with pytest.raises(InputError, match="seeds: expected a non-empty list of integers"):
         sweeps.queue(["k"])
     with pytest.raises(InputError, match="got \\[\\]"):
         sweeps.points("k", {**BASE, "seeds": []}, fake_read({}))
