@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from pipeline.io import progress
+from pipeline.io import InputError, progress
 from pipeline.schema import GROUPS
 from pipeline.text import gcl_context  # noqa: F401 (the contexts BM25 ranks; re-exported)
 
@@ -347,3 +347,20 @@ def to_table(example_ids: list[str], pools: Pools) -> pa.Table:
         },
         schema=GROUPS,
     )
+
+
+def pool_jobs(groups: pa.Table, n: int) -> tuple[list, np.ndarray]:
+    """(candidate lists, jobs [P, 5]: context row, response row, target row, slot, side),
+    side 0 the response side (c, r'), 1 the context side (c', r): every pair a scorer (MSN,
+    pipeline.matching) must rate for the pools of ``groups`` (n rows of the split)."""
+    cand = groups.column("candidate_rows").to_pylist()
+    if len(cand) != n:
+        raise InputError("data/groups/train.parquet", f"{len(cand)} rows, data/prepared/train.parquet has {n}")
+    jobs = []
+    for i, rows in enumerate(cand):
+        for slot, j in enumerate(rows or []):
+            if not 0 <= j < n:
+                raise InputError("data/groups/train.parquet", f"candidate row {j} out of range", i)
+            jobs.append((i, j, i, slot, 0))
+            jobs.append((j, i, i, slot, 1))
+    return cand, np.asarray(jobs, dtype=np.int64).reshape(-1, 5)

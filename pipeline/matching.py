@@ -44,7 +44,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 from scipy.special import expit
 
-from pipeline.groups import gcl_context, okapi_idf
+from pipeline.groups import gcl_context, okapi_idf, pool_jobs
 from pipeline.io import InputError, progress, read_parquet
 from pipeline.msn import MSNData, ranking_metrics, valid_candidates
 from pipeline.persona_labels import BUNDLED, PRECISIONS, _pad, encode, load_encoder, pooled, unit
@@ -464,22 +464,6 @@ def read_calibration(matcher_dir: str | Path) -> dict:
 
 
 # -- scoring the candidate pools ---------------------------------------------------------
-def pool_jobs(groups: pa.Table, n: int) -> tuple[list, np.ndarray]:
-    """(candidate lists, jobs [P, 5]: context row, response row, target row, slot, side),
-    side 0 the response side (c, r'), 1 the context side (c', r)."""
-    cand = groups.column("candidate_rows").to_pylist()
-    if len(cand) != n:
-        raise InputError("data/groups/train.parquet", f"{len(cand)} rows, data/prepared/train.parquet has {n}")
-    jobs = []
-    for i, rows in enumerate(cand):
-        for slot, j in enumerate(rows or []):
-            if not 0 <= j < n:
-                raise InputError("data/groups/train.parquet", f"candidate row {j} out of range", i)
-            jobs.append((i, j, i, slot, 0))
-            jobs.append((j, i, i, slot, 1))
-    return cand, np.asarray(jobs, dtype=np.int64).reshape(-1, 5)
-
-
 def fill_pools(groups: pa.Table, cand: list, jobs: np.ndarray, q: np.ndarray) -> pa.Table:
     """The groups table with ``msn_response_side`` / ``msn_context_side`` set from q per job."""
     n = len(cand)

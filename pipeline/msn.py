@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from pipeline.dataset import Vocab
+from pipeline.groups import pool_jobs
 from pipeline.io import InputError, atomic_path, progress, read_parquet
 from pipeline.models.msn import MSN, MSNConfig, context_tensor, response_tensor
 from pipeline.schema import GROUPS, SILENCE
@@ -215,19 +216,9 @@ def score_pools(model: MSN, data: MSNData, groups: pa.Table, max_pairs: int = 51
     every candidate of every pool. Pairs are grouped by context, so each context goes
     through the (response-independent) selector once per chunk of at most ``max_pairs``."""
     model.eval()
-    cand = groups.column("candidate_rows").to_pylist()
+    cand, jobs = pool_jobs(groups, len(data))
     n = len(cand)
-    if n != len(data):
-        raise InputError("data/groups/train.parquet", f"{n} rows, data/prepared/train.parquet has {len(data)}")
-    # (context row, response row, target row, slot, side): side 0 response side, 1 context side
-    jobs = []
-    for i, rows in enumerate(cand):
-        for slot, j in enumerate(rows or []):
-            if not 0 <= j < n:
-                raise InputError("data/groups/train.parquet", f"candidate row {j} out of range", i)
-            jobs.append((i, j, i, slot, 0))
-            jobs.append((j, i, i, slot, 1))
-    jobs.sort()  # by context, then response: deterministic and context-grouped
+    jobs = sorted(map(tuple, jobs.tolist()))  # by context, then response: deterministic and context-grouped
     q = [[np.zeros(len(r or []), dtype=np.float32) for r in cand] for _ in range(2)]
     bar = progress(total=len(jobs), desc="msn scoring", unit="pair")
     for s in range(0, len(jobs), max_pairs):
