@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from pipeline import groups
-from pipeline.io import InputError, load_params, read_parquet, run_stage, write_parquet
+from pipeline.io import load_params, read_parquet, run_stage, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +22,7 @@ DEFAULTS = {"same_dialogue": False, "negatives": "random", "min_negative_tokens"
 
 
 def main() -> None:
-    p = {**DEFAULTS, **load_params("groups")}
-    known = {"top", "bottom", "context_tokens", "k1", "b", *DEFAULTS}
-    if unknown := sorted(set(p) - known):
-        raise InputError("params.yaml", f"groups.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
-    for key in ("top", "bottom", "context_tokens", "min_negative_tokens", "seed"):
-        if not isinstance(p[key], int) or isinstance(p[key], bool) or p[key] < 0:
-            raise InputError("params.yaml", f"groups.{key}: expected an integer >= 0, got {p[key]!r}")
-    if p["negatives"] not in groups.NEGATIVES:
-        raise InputError("params.yaml", f"groups.negatives: expected one of {', '.join(groups.NEGATIVES)}, got {p['negatives']!r}")
-    if not isinstance(p["same_dialogue"], bool):
-        raise InputError("params.yaml", f"groups.same_dialogue: expected true or false, got {p['same_dialogue']!r}")
+    p = {**DEFAULTS, **load_params("groups")}  # load_params checks the section (pipeline/params_schema.py)
     for split in SPLITS:
         prepared = f"data/prepared/{split}.parquet"
         t = read_parquet(prepared, columns=["example_id", "dialogue_id", "history", "query"]).to_pydict()
