@@ -218,7 +218,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     },
     "pmi": {
         "threshold": Float(), "max_words": Int(min=1), "min_count": Int(min=1),
-        "statistics": Choice("leave_persona_out", "leave_dialogue_out", "all"),
+        "statistics": Choice("transductive", "leave_persona_out", "leave_dialogue_out", "all"),
+        "log_base": Choice("e", 2, 10),
     },
     "persona_labels": {
         "encoder": Encoder(), "layer": Int(), "none_threshold": Float(min=-1, max=1), "batch_size": Int(min=1),
@@ -297,8 +298,14 @@ MODEL_KEYS: dict[str, dict[str, Spec]] = {
 # Sections that are training runs: model-key overrides of the backbone, `train` / `gcl`
 # overrides of those sections, and the architecture (`model`). Any other section a stage
 # trains (a GCL variant, ``train_gcl --run <name>``) is checked the same way when it is used.
-RUNS = ("seq2seq", "gpmn", "postks", "pednet", "seq2seq_history", "seq2seq_history_gcl", "pednet_gcl",
-        "seq2seq_history_gcl_eq4")
+RUNS = ("seq2seq", "gpmn", "postks", "pednet", "seq2seq_history", "seq2seq_history_gcl", "pednet_gcl")
+GCL_RUNS = ("seq2seq_history_gcl", "pednet_gcl")
+
+
+def is_run(section: str) -> bool:
+    """A run section: one of RUNS, or a GCL variant ``<gcl run>_<variant>`` (an ablation,
+    ``train_gcl --run``)."""
+    return section in RUNS or any(section.startswith(f"{run}_") for run in GCL_RUNS)
 RUN_KEYS: dict[str, Spec] = {"model": Choice(*MODELS), "reference": Str(),
                              "train": Section("train"), "gcl": Section("gcl")}
 
@@ -360,7 +367,7 @@ def validate(section: str, values: Any) -> None:
         validate_seeds(values)
     elif section in SCHEMA:
         _check(section, values, SCHEMA[section], section)
-    elif section in RUNS:
+    elif is_run(section):
         validate_run(section, values)
 
 
@@ -376,10 +383,10 @@ def validate_seeds(seeds: Any) -> None:
 
 
 def validate_all(params: Mapping) -> None:
-    """Every section of a whole params.yaml that has a schema, ``seeds`` and the runs
-    listed in RUNS; other sections (GCL variants) are checked by the stage that uses them."""
+    """Every section of a whole params.yaml that has a schema, ``seeds``, the runs and the
+    GCL variants; other sections pass."""
     if not isinstance(params, Mapping):
         raise InputError(PARAMS, f"expected a mapping of sections, got {_show(params)}")
     for section, values in params.items():
-        if section == "seeds" or section in SCHEMA or section in RUNS:
+        if section == "seeds" or section in SCHEMA or is_run(section):
             validate(section, values)

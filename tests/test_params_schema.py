@@ -42,7 +42,6 @@ BAD = {
     "reference_scores": (("batch_size", True), ("batch_size", 0), "precision"),
     "gcl": (("anneal", "no"), ("k", 0), "kk"),
     "seq2seq_history_gcl": (("train", [16]), ("train", {"lr": -1}), "optimizer"),
-    "seq2seq_history_gcl_eq4": (("gcl", {"mle_weight": "0"}), ("gcl", {"mle_weight": -1.0}), "objective"),
     "pednet_gcl": (("train", {"clip": "1"}), ("gcl", {"draws": 0}), "reference_run"),
     "generate": (("beam_size", "5"), ("max_len", 0), "temperature"),
     "evaluate": (("constant_reply", 3), ("embedding_a", 0), "idf"),
@@ -58,10 +57,22 @@ def one_error(section, values) -> str:
     return e.value.message
 
 
+VARIANTS = {s for s in REAL if s.startswith(tuple(f"{r}_" for r in ps.GCL_RUNS))}  # checked as their run is
+
+
 def test_every_section_has_cases_and_a_schema():
-    assert set(BAD) == set(REAL)
+    assert "seq2seq_history_gcl_eq4" in VARIANTS and "seq2seq_history_gcl_no_matching_scores" in VARIANTS
+    assert set(BAD) == set(REAL) - VARIANTS
     for section in REAL:
-        assert section == "seeds" or section in ps.SCHEMA or section in ps.RUNS, section
+        assert section == "seeds" or section in ps.SCHEMA or ps.is_run(section), section
+
+
+def test_gcl_variants_are_validated_as_runs():
+    assert ps.is_run("pednet_gcl_k1") and not ps.is_run("pednet_gclx") and not ps.is_run("generate")
+    with pytest.raises(InputError, match=r"seq2seq_history_gcl_k9\.gcl\.k: expected an integer >= 1, got 0"):
+        ps.validate_all({**REAL, "seq2seq_history_gcl_k9": {"gcl": {"k": 0}}})
+    with pytest.raises(InputError, match=r"seq2seq_history_gcl_x\.objective: unknown key"):
+        ps.validate("seq2seq_history_gcl_x", {"objective": 1})
 
 
 def test_the_real_params_file_validates():

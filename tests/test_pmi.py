@@ -211,7 +211,7 @@ def test_stage_unknown_statistics_is_an_input_error(tmp_path, monkeypatch):
     from pipeline.io import InputError
 
     write_prepared(tmp_path)
-    with pytest.raises(InputError, match="pmi.statistics: expected one of leave_persona_out, leave_dialogue_out, all, got 'none'"):
+    with pytest.raises(InputError, match="pmi.statistics: expected one of transductive, leave_persona_out, leave_dialogue_out, all, got 'none'"):
         _run_stage(tmp_path, monkeypatch, statistics="none")
 
 
@@ -222,3 +222,83 @@ def test_leave_persona_out_groups_dialogues_that_share_a_persona():
     assert groups[0] == groups[1] == groups[2] != groups[3]  # d1 has d0's persona, reordered
     assert pmi.left_out_groups("leave_dialogue_out", dialogue_ids, personas) == dialogue_ids
     assert pmi.left_out_groups("all", dialogue_ids, personas) is None
+
+
+def test_log_base_scales_scores_and_the_threshold_is_in_its_units():
+    stats = pmi.fit(TRAIN_Q, TRAIN_P)
+    ln_words, ln_scores = pmi.specific_words(stats, TRAIN_Q, TRAIN_P, threshold=0.0, max_words=5, min_count=1)
+    words, scores = pmi.specific_words(stats, TRAIN_Q, TRAIN_P, 0.0, 5, 1, None, log_base=10)
+    assert words == ln_words
+    assert [s for x in scores for s in x] == pytest.approx([s / math.log(10) for x in ln_scores for s in x])
+    # guitar: ln 5 + ln 2.5 = 2.53 nats = 1.10 in log10: passes 1.0 in nats and in log10, not 1.2 in log10
+    assert "guitar" in pmi.specific_words(stats, TRAIN_Q, TRAIN_P, 1.0, 5, 1, None, 10)[0][3]
+    assert "guitar" not in pmi.specific_words(stats, TRAIN_Q, TRAIN_P, 1.2, 5, 1, None, 10)[0][3]
+
+
+def test_stage_transductive_statistics_score_words_unseen_in_training(tmp_path, monkeypatch):
+    import json
+
+    from pipeline.io import write_parquet
+
+    write_prepared(tmp_path)
+    valid = read_parquet(tmp_path / "data/prepared/valid.parquet").to_pylist()
+    # a word no training query has, in a valid query: train-only statistics cannot score it
+    valid[0]["query"] = valid[0]["query"] + " zeppelin"
+    import pyarrow as pa
+
+    write_parquet(pa.Table.from_pylist(valid, schema=read_parquet(tmp_path / "data/prepared/valid.parquet").schema),
+                  tmp_path / "data/prepared/valid.parquet")
+    _run_stage(tmp_path, monkeypatch, threshold=0.5, min_count=1, statistics="transductive", log_base=10)
+    words = read_parquet(tmp_path / "data/pmi/valid.parquet").column("specific_words").to_pylist()
+    assert "zeppelin" in words[0]  # seen once, with this persona: P(wp | wx) = 1 for every persona word
+    report = json.loads((tmp_path / "reports/pmi.json").read_text())
+    assert report["statistics"] == "transductive" and report["log_base"] == 10
+    for split in SPLITS:
+        cov = report["splits"][split]
+        got = read_parquet(tmp_path / f"data/pmi/{split}.parquet").column("specific_words").to_pylist()
+        assert cov["examples"] == len(got)
+        assert cov["with_any"] == round(sum(1 for w in got if w) / len(got), 4)
+        assert cov["max"] == max(map(len, got)) <= 4
+    _run_stage(tmp_path, monkeypatch, threshold=0.5, min_count=1, statistics="all", log_base=10)
+    words = read_parquet(tmp_path / "data/pmi/valid.parquet").column("specific_words").to_pylist()
+    assert "zeppelin" not in words[0]
+
+
+def test_stage_bad_log_base_is_a_params_error(tmp_path, monkeypatch):
+    from pipeline.io import InputError
+
+    write_prepared(tmp_path)
+    with pytest.raises(InputError, match="pmi.log_base"):
+        _run_stage(tmp_path, monkeypatch, log_base=3)
+
+
+def test_calibration_reads_the_authors_format_and_scores_agreement(tmp_path):
+    from pipeline import pmi_calibration as cal
+    from pipeline.io import InputError
+
+    write_prepared(tmp_path)
+    prepared = tmp_path / "data/prepared"
+    valid = read_parquet(prepared / "valid.parquet").to_pylist()
+    test = read_parquet(prepared / "test.parquet").to_pylist()
+    authors = tmp_path / "authors"
+    authors.mkdir()
+    # the authors mark token 1 of the first valid query; the second has a lone "0": no word
+    first, second = valid[0], valid[1]
+    lines = [f"{first['query']}\t{first['response']}\tp1**p2\t1\t1",
+             f"{second['query']}\t{second['response']}\tp1\t0\t0"]
+    (authors / "demo.dev2").write_text("\n".join(lines) + "\n")
+    (authors / "demo.test2").write_text(f"{test[0]['query']}\t{test[0]['response']}\tp\t0\t0\n")
+    got = cal.read_authors(authors / "demo.dev2")
+    assert got[(first["query"], first["response"])] == {first["query"].split()[1]}
+    assert got[(second["query"], second["response"])] == set()
+    report = cal.calibrate(authors, prepared)
+    keys = {(r["query"], r["response"]) for r in (first, second, test[0])}  # generated turns repeat
+    matched = [(r["query"], r["response"]) for r in valid + test if (r["query"], r["response"]) in keys]
+    assert report["matched_turns"] == len(matched) >= 3
+    marked = sum(k == (first["query"], first["response"]) for k in matched)
+    assert report["authors"]["with_any"] == round(marked / len(matched), 4)
+    assert len(report["options"]) == 2 * 3 * 2 * 2
+    assert cal.agreement([["a", "b"], []], [{"a"}, {"c"}]) == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+    (authors / "demo.test2").write_text("only\ttwo fields\n")
+    with pytest.raises(InputError, match="line 1: expected 5 tab-separated fields"):
+        cal.calibrate(authors, prepared)
