@@ -6,6 +6,9 @@ Layouts follow the papers: PEDNet's Table 2 (fractions, 3 decimals) and GCL's Ta
 PEDNet's Table 4 (persona, context, every model's response and the persona it chose).
 Our cells are mean ± sd over training seeds (reports/summary.json, pipeline.stats).
 Runs whose metrics or generations are missing are shown as "not run".
+
+Also reports/gcl_ablations.md (stages/gcl_ablations.py): GCL's Table 5 ablations and
+Figure 3's group sizes on our runs (``render_gcl_ablations``, ``plot_group_sizes``).
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 
 from pipeline import paper_results as paper
-from pipeline.io import InputError
+from pipeline import stats
+from pipeline.io import InputError, atomic_path
 from pipeline.metrics import METRIC_KEYS
 from pipeline.schema import SILENCE
 from pipeline.stats import NOT_RUN
@@ -37,6 +42,30 @@ DISPLAY = {
     "gold": "Gold (reference)",
     "constant": "Constant reply",
 }
+# GCL Table 5's rows (params sections seq2seq_history_gcl_<v>; reports/gcl_ablations.md)
+GCL_FULL = "seq2seq_history_gcl"
+GCL_BASELINE = "seq2seq_history"
+GCL_ABLATIONS = (
+    (GCL_FULL, "GCL (full)"),
+    ("seq2seq_history_gcl_no_group_wise", "(a) w/o group-wise sampling"),
+    ("seq2seq_history_gcl_no_positive_groups", "(b) w/o group-wise positive sampling"),
+    ("seq2seq_history_gcl_no_negative_groups", "(c) w/o group-wise negative sampling"),
+    ("seq2seq_history_gcl_no_response_side", "(d) w/o response-side sampling"),
+    ("seq2seq_history_gcl_no_context_side", "(e) w/o context-side sampling"),
+    ("seq2seq_history_gcl_no_matching_scores", "(f) w/o matching scores"),
+)
+# GCL Figure 3's group sizes: k = 3 is the default run; k > 3 needs groups selected at a larger k
+GCL_GROUP_SIZES: tuple[tuple[int, str | None], ...] = (
+    (1, "seq2seq_history_gcl_k1"), (2, "seq2seq_history_gcl_k2"), (3, GCL_FULL), (4, None), (5, None),
+)  # fmt: skip
+LAST = "_last"  # the run of a GCL training's final step (stages.generate --checkpoint last)
+DISPLAY.update(
+    {run: f"Seq2Seq (multi-turn) + GCL {label}" for run, label in GCL_ABLATIONS[1:]}
+    | {run + LAST: f"Seq2Seq (multi-turn) + GCL {label}, last step" for run, label in GCL_ABLATIONS[1:]}
+    | {run: f"Seq2Seq (multi-turn) + GCL, k = {k}" for k, run in GCL_GROUP_SIZES if run and run != GCL_FULL}
+    | {run + LAST: f"Seq2Seq (multi-turn) + GCL, k = {k}, last step"
+       for k, run in GCL_GROUP_SIZES if run and run != GCL_FULL}
+)
 PAPERS = {"pednet_table2": "PEDNet Table 2", "gcl_table2a": "GCL Table 2(a)"}
 PEDNET_COLUMNS = [
     ("Distinct-1", "distinct_1"), ("Distinct-2", "distinct_2"), ("P-R", "persona_recall"),
@@ -429,4 +458,262 @@ def render(
         if i:
             parts.append("")
         parts.append(case_study(example_id, generations, models))
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------- GCL Table 5 and Figure 3
+
+ABLATION_COLUMNS = [
+    ("Dist-1", "distinct_1"), ("Dist-2", "distinct_2"), ("Dist-3", "distinct_3"), ("BLEU-1", "bleu_1"),
+    ("BLEU-2", "bleu_2"),
+]  # fmt: skip
+# the paired comparison with full GCL: Table 5's two metrics, to the decimals the paper prints
+PAIRED_COLUMNS = [("Dist-2", "distinct_2", 3), ("BLEU-1", "bleu_1", 2)]
+GROUP_SIZE_PLOTTED = [("Dist-2", "distinct_2"), ("BLEU-1", "bleu_1")]
+PerSeed = Mapping[str, Mapping[int, Mapping[str, float]]]  # run -> training seed -> its metrics
+
+
+def gcl_ablation_runs() -> list[str]:
+    """Every run reports/gcl_ablations.md reads: the MLE baseline, then each GCL run and its last step."""
+    gcl = [run for run, _ in GCL_ABLATIONS] + [r for _, r in GCL_GROUP_SIZES if r and r != GCL_FULL]
+    return [GCL_BASELINE] + [r + suffix for r in gcl for suffix in ("", LAST)]
+
+
+def run_summary(per_seed: PerSeed, run: str | None) -> dict[str, dict] | None:
+    """metric -> ``stats.summarize`` over the run's seeds (ABLATION_COLUMNS); None: no seeds."""
+    seeds = per_seed.get(run) if run else None
+    if not seeds:
+        return None
+    return {key: stats.summarize([m[key] for m in seeds.values()]) for _, key in ABLATION_COLUMNS}
+
+
+def _run_cells(per_seed: PerSeed, run: str | None) -> list[str]:
+    """Dist-1/2/3, BLEU-1/2 as mean ± sd (percent), then the number of seeds."""
+    summary = run_summary(per_seed, run)
+    if summary is None:
+        return [NOT_RUN] + [""] * (len(ABLATION_COLUMNS) - 1) + ["0"]
+    n = len(per_seed[run])
+    return [fmt_summary(key, summary[key], _gcl_unit) for _, key in ABLATION_COLUMNS] + [str(n)]
+
+
+def _group_header(prefix: str) -> list[str]:
+    return [f"{prefix}{name}" for name, _ in ABLATION_COLUMNS] + [f"{prefix}seeds" if prefix else "Seeds"]
+
+
+def gcl_table5(per_seed: PerSeed) -> str:
+    """One row per ablation (full, (a)-(f)) and the MLE baseline: the paper's Dist-2 / BLEU-1,
+    ours at the selected checkpoint and at the last step."""
+    header = ["Row", "Run", "Paper Dist-2", "Paper BLEU-1"] + _group_header("") + _group_header("Last: ")
+    rows = []
+    for run, label in GCL_ABLATIONS:
+        printed = paper.GCL_TABLE5[run]
+        rows.append([label, f"`{run}`", printed["distinct_2"], printed["bleu_1"]]
+                    + _run_cells(per_seed, run) + _run_cells(per_seed, run + LAST))  # fmt: skip
+    printed = paper.GCL_TABLE2A[GCL_BASELINE]
+    baseline = _run_cells(per_seed, GCL_BASELINE)  # one checkpoint: in both groups
+    rows.append(["MLE baseline (no GCL)", f"`{GCL_BASELINE}`", printed["distinct_2"], printed["bleu_1"]]
+                + baseline + baseline)  # fmt: skip
+    return markdown_table(header, rows)
+
+
+def paired_difference(variant: Mapping[int, Mapping], full: Mapping[int, Mapping], key: str) -> dict | None:
+    """variant − full on ``key`` over the seeds both have (seed K of each starts from seed K of
+    the MLE reference, so seeds pair): mean, sd, t 95% CI (None for one seed), n, the seeds.
+    None when no seed is shared. Fractions, as the metrics files."""
+    seeds = sorted(set(variant) & set(full))
+    if not seeds:
+        return None
+    s = stats.summarize([variant[k][key] - full[k][key] for k in seeds])
+    ci = s["ci95"] if s["sd"] is not None else None
+    return {"mean": s["mean"], "sd": s["sd"], "ci95": ci, "n": len(seeds), "seeds": seeds}
+
+
+def fmt_points(fraction: float, decimals: int) -> str:
+    """A difference of fractions in signed percentage points (no "-0.000")."""
+    value = round(100 * fraction, decimals)
+    return f"{(value if value else 0.0):+.{decimals}f}"
+
+
+def _paired_cell(diff: dict | None, decimals: int) -> str:
+    if diff is None:
+        return NOT_RUN
+    mean = fmt_points(diff["mean"], decimals)
+    if diff["ci95"] is None:
+        return f"{mean} (1 seed: no CI)"
+    lo, hi = diff["ci95"]
+    cell = f"{mean} [{fmt_points(lo, decimals)}, {fmt_points(hi, decimals)}]"
+    return f"**{cell}**" if lo > 0 or hi < 0 else cell
+
+
+def _paper_delta(run: str, key: str) -> str:
+    """The paper's row − its full GCL, exactly (from the printed strings); "—" where it prints none."""
+    full = paper.GCL_TABLE5[GCL_FULL][key]
+    value = paper.GCL_TABLE5.get(run, {}).get(key) or (
+        paper.GCL_TABLE2A[GCL_BASELINE][key] if run == GCL_BASELINE else None
+    )
+    return "—" if value is None else f"{Decimal(value) - Decimal(full):+f}"
+
+
+def gcl_paired_table(per_seed: PerSeed) -> str:
+    """Each ablation, group size and the MLE baseline against full GCL, seed by seed:
+    the mean difference in percentage points and its t 95% CI, at both checkpoints."""
+    compared = [(run, label) for run, label in GCL_ABLATIONS[1:]]
+    compared += [(run, f"k = {k} (Figure 3)") for k, run in GCL_GROUP_SIZES if run and run != GCL_FULL]
+    compared.append((GCL_BASELINE, "MLE baseline (no GCL)"))
+    header = (["Row"] + [f"Paper Δ {name}" for name, _, _ in PAIRED_COLUMNS]
+              + [f"Δ {name}" for name, _, _ in PAIRED_COLUMNS] + ["Seeds"]
+              + [f"Last: Δ {name}" for name, _, _ in PAIRED_COLUMNS] + ["Last: seeds"])  # fmt: skip
+    rows = []
+    for run, label in compared:
+        cells = [label] + [_paper_delta(run, key) for _, key, _ in PAIRED_COLUMNS]
+        # the MLE baseline has one checkpoint: against the full run's selected and last step
+        for variant, full in ((run, GCL_FULL), (run if run == GCL_BASELINE else run + LAST, GCL_FULL + LAST)):
+            diffs = [paired_difference(per_seed.get(variant) or {}, per_seed.get(full) or {}, key)
+                     for _, key, _ in PAIRED_COLUMNS]  # fmt: skip
+            decimals = [d for _, _, d in PAIRED_COLUMNS]
+            cells += [_paired_cell(diff, d) for diff, d in zip(diffs, decimals, strict=True)]
+            cells.append(str(diffs[0]["n"]) if diffs[0] else "0")
+        rows.append(cells)
+    return markdown_table(header, rows)
+
+
+def gcl_group_size_table(per_seed: PerSeed) -> str:
+    header = ["k", "Run"] + _group_header("") + _group_header("Last: ")
+    rows = [
+        [str(k), f"`{run}`" if run else "—"]
+        + _run_cells(per_seed, run)
+        + _run_cells(per_seed, run and run + LAST)
+        for k, run in GCL_GROUP_SIZES
+    ]
+    return markdown_table(header, rows)
+
+
+def plot_group_sizes(per_seed: PerSeed, path: str | os.PathLike) -> None:
+    """Dist-2 and BLEU-1 (percent) against k: mean and 95% t-CI over seeds, selected checkpoint
+    and last step side by side; written atomically, stable bytes for the same metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(GROUP_SIZE_PLOTTED), figsize=(4.5 * len(GROUP_SIZE_PLOTTED), 3.4),
+                             constrained_layout=True)  # fmt: skip
+    series = [("selected checkpoint", "", -0.06, "o"), ("last step", LAST, 0.06, "s")]
+    for ax, (name, key) in zip(axes, GROUP_SIZE_PLOTTED, strict=True):
+        plotted = False
+        for label, suffix, shift, marker in series:
+            points = []
+            for k, run in GCL_GROUP_SIZES:
+                summary = run_summary(per_seed, run and run + suffix)
+                if summary is not None:
+                    mean, (lo, hi) = 100 * summary[key]["mean"], summary[key]["ci95"]
+                    points.append((k + shift, mean, mean - 100 * lo, 100 * hi - mean))
+            if points:
+                xs, means, below, above = zip(*points, strict=True)
+                ax.errorbar(xs, means, yerr=[below, above], marker=marker, capsize=3, label=label)
+                plotted = True
+        if plotted:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([k for k, _ in GCL_GROUP_SIZES])
+        ax.set_xlim(0.5, len(GCL_GROUP_SIZES) + 0.5)
+        ax.set_xlabel("group size k")
+        ax.set_title(f"{name} (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("GCL Figure 3 on our runs: Seq2Seq (multi-turn) + GCL, test split of the slice\n"
+                 "mean and 95% CI over training seeds (none: one seed); k = 4, 5 not run", fontsize=9)  # fmt: skip
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})  # no timestamp: stable bytes
+    plt.close(fig)
+
+
+def _n_examples(per_seed: PerSeed) -> str:
+    counts = sorted({round(m["n_examples"]) for seeds in per_seed.values() for m in seeds.values()
+                     if isinstance(m.get("n_examples"), int | float)})  # fmt: skip
+    return ", ".join(f"{c:,}" for c in counts) if counts else "no"
+
+
+def render_gcl_ablations(per_seed: PerSeed, seeds: Sequence[int], plot_name: str) -> str:
+    """reports/gcl_ablations.md. ``per_seed``: run -> seed -> metrics, only seeds of ``seeds``
+    (a run without any: absent or empty, "not run"); ``plot_name``: the PNG, relative to it."""
+    runs = gcl_ablation_runs()
+    done = [r for r in runs if per_seed.get(r)]
+    missing = [r for r in runs if not per_seed.get(r)]
+    seed_list = ", ".join(str(k) for k in seeds)
+    n_variants = len(GCL_ABLATIONS) - 1 + sum(1 for _, r in GCL_GROUP_SIZES if r and r != GCL_FULL)
+    parts = [
+        "# GCL ablations (Table 5) and group size (Figure 3)",
+        "",
+        "Generated by `python -m stages.gcl_ablations` (stages/gcl_ablations.py) from "
+        f"reports/metrics/<run>/seed<K>.json for the training seeds of params `seeds` ({seed_list}); "
+        "do not edit by hand. Files of other seeds are ignored; a seed without metrics is left out of "
+        "the means, and a run without any shows \"not run\" (its training may still be in flight).",
+        "",
+        "**Rows.** *GCL (full)* is `seq2seq_history_gcl`, GCL's default objective (group size k = 3) "
+        "fine-tuned from seed K of the MLE baseline. (a)-(f) are the same training with one component "
+        "of GCL off, each a params section `seq2seq_history_gcl_<v>` whose `gcl` keys override the default "
+        "(params.yaml): (a) one positive (the original pair) and one negative (the worst candidate); "
+        "(b) the original pair as the only positive; (c) no negatives; (d) context-side groups only; "
+        "(e) response-side groups only; (f) s = +1 / −1 instead of the matcher's matching degrees. "
+        "*MLE baseline* is `seq2seq_history`, the reference every GCL run starts from and is scored "
+        "against. Each GCL training has two checkpoints: the one selected on validation CL + 0.5 NLL "
+        "(run `<run>`, the columns without prefix) and its final step (run `<run>_last`, the *Last:* "
+        "columns). The MLE baseline has one checkpoint, shown in both groups.",
+        "",
+        f"**Data.** *Paper* columns: {paper.GCL_TABLE5_SOURCE}, as printed; the MLE baseline's row is "
+        "from its Table 2(a). Ours are runs on the 2,000-dialogue slice of Persona-Chat "
+        f"that this pipeline prepares by default ({_n_examples(per_seed)} test examples), with this "
+        "project's smaller models and short fine-tunes: compare the direction and size of the effects "
+        "within our rows, not our values with the paper's. Percent; our cells are mean ± sd over "
+        "training seeds (sample sd), *Seeds* how many of `seeds` have metrics.",
+        "",
+        f"Evaluated: {', '.join(f'`{r}` ({_seeds(len(per_seed[r]))})' for r in done) or 'none yet'}."
+        + (f" Not run yet: {', '.join(f'`{r}`' for r in missing)}." if missing else ""),
+        "",
+        "**How the runs are made.** For each variant `<v>` and seed K:",
+        "",
+        "```bash",
+        "python -m stages.train_gcl seq2seq_history --seed K --run seq2seq_history_gcl_<v>",
+        "python -m stages.generate seq2seq_history_gcl_<v> --seed K                    # selected checkpoint",
+        "python -m stages.generate seq2seq_history_gcl_<v> --seed K --checkpoint last  # run seq2seq_history_gcl_<v>_last",
+        "python -m stages.evaluate seq2seq_history_gcl_<v> --seed K",
+        "python -m stages.evaluate seq2seq_history_gcl_<v>_last --seed K",
+        "python -m stages.gcl_ablations                                                 # this report",
+        "```",
+        "",
+        "Full GCL and the MLE baseline are dvc stages (`train_gcl`, `generate`, `generate_last`, "
+        f"`evaluate`). The variants are not, on purpose: {n_variants} of them over {_seeds(len(seeds))} are "
+        f"{n_variants * len(seeds)} more GCL fine-tunes, each with two decodes, which would exceed the budget "
+        "of a default `dvc repro`; they are run by hand, when wanted. Nor is this report a stage: it reads "
+        "whatever metrics exist.",
+        "",
+        "## Table 5: ablations",
+        "",
+        gcl_table5(per_seed),
+        "",
+        "## Each ablation against full GCL, seed by seed",
+        "",
+        gcl_paired_table(per_seed),
+        "",
+        "Δ: row − full GCL in percentage points, the mean over the seeds both runs have (seed K of each "
+        "starts from seed K of the MLE baseline, so the seeds pair), with the Student t 95% CI of that mean "
+        "over the paired seeds in brackets; *Seeds*: the number of pairs. The selected checkpoints are "
+        "compared with full GCL's selected one, the last steps with its last step (the MLE baseline with "
+        "both). An interval containing 0 means no detectable effect at this number of seeds; **bold**: "
+        "the interval excludes 0. *Paper Δ*: the same difference of the paper's printed numbers (one run, "
+        "no interval; Figure 3 prints no numbers).",
+        "",
+        "## Figure 3: group size",
+        "",
+        gcl_group_size_table(per_seed),
+        "",
+        f"![Dist-2 and BLEU-1 against the group size k]({plot_name})",
+        "",
+        "k = 3 is full GCL (`seq2seq_history_gcl`); k = 1, 2 are `seq2seq_history_gcl_k1`, `_k2`, trained on "
+        "the k best and worst candidates of the k = 3 groups. k = 4, 5 need groups selected at a larger "
+        "`gcl.k` (`select_groups`, i.e. the `group_size` sweep of pipeline/sweeps.py) and are not run. "
+        "Percent, mean ± sd over seeds; the plot draws the mean and its 95% t-CI over seeds (none for a "
+        "single seed).",
+    ]
     return "\n".join(parts) + "\n"
