@@ -1,0 +1,227 @@
+"""Who selects the optimal persona, and how well the labels themselves hold up (PEDNet).
+
+    python -m pipeline.selection [--authors PATH/TO/PEDNet/data] [--models pednet postks]
+
+Writes reports/persona_selection.json and .md:
+
+- **Selectors** on the test split, each scored the same way against the optimal-persona
+  labels of the ``persona_labels`` stage: ``accuracy_labelled`` over turns whose label is
+  a persona sentence (choosing no persona there is wrong), and ``accuracy_all`` over every
+  turn with None as one more class (the authors' code's reading, where the decoder may
+  pick the None slot). Selectors: chance (1/M over the labelled turns), two non-learned
+  retrievals that see only the query, as a model does (MiniLM cosine between the query
+  and each persona sentence, and content-word overlap), and each trained model's
+  ``selected_persona`` in reports/generations/<model>/seed<K>.parquet, per seed and as
+  mean ± sd.
+- **Labellers**: our labels against two independent ones on the same turns: a word-overlap
+  labeller (the persona sentence sharing the most content words with the gold response;
+  None when none is shared) and, given ``--authors``, the PEDNet authors' own labels
+  in their released demo.dev2 / demo.test2 (Persona-Chat valid and test, BERT labels,
+  matched to our valid/test turns by (query, response)). Agreement counts None as a
+  class; ``agreement_where_both_labelled`` only turns both give a sentence. The None
+  threshold's calibration is in reports/persona_labels.json (train None share vs the
+  paper's 34.5%).
+
+An analysis tool over the stage outputs (not a DVC stage: it reads whichever models were
+trained). MiniLM is the bundled ``persona_labels.encoder``, run with that section's layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import persona_labels as pl
+from pipeline.io import InputError, atomic_path, load_params, read_parquet, run_stage, write_json
+from pipeline.stats import summarize
+from pipeline.text import content_words
+
+log = logging.getLogger(__name__)
+
+REPORT = "reports/persona_selection.json"
+AUTHOR_FILES = ("demo.dev2", "demo.test2")  # Persona-Chat valid and test; our valid and test are both from valid
+
+
+def accuracy(chosen: list[int | None], labels: list[int | None]) -> dict:
+    """The one way every selector is scored: over labelled turns, and over all with None a class."""
+    labelled = [(c, y) for c, y in zip(chosen, labels, strict=True) if y is not None]
+    return {
+        "accuracy_labelled": round(sum(c == y for c, y in labelled) / max(len(labelled), 1), 4),
+        "accuracy_all": round(sum(c == y for c, y in zip(chosen, labels, strict=True)) / max(len(labels), 1), 4),
+        "none_chosen": round(sum(c is None for c in chosen) / max(len(chosen), 1), 4),
+        "labelled_turns": len(labelled),
+    }
+
+
+def chance(personas: list[list[str]], labels: list[int | None]) -> float:
+    """Expected accuracy of a uniform pick among the sentences, over labelled turns."""
+    probs = [1 / len(p) for p, y in zip(personas, labels, strict=True) if y is not None and p]
+    return round(float(np.mean(probs)) if probs else 0.0, 4)
+
+
+def overlap_choice(text: str, persona: list[str]) -> int | None:
+    """The persona sentence sharing the most content words with ``text`` (first on ties);
+    None when no sentence shares one."""
+    words = content_words(text)
+    shared = [len(words & content_words(p)) for p in persona]
+    if not shared or max(shared) == 0:
+        return None
+    return int(np.argmax(shared))
+
+
+def cosine_choices(enc, texts: list[str], personas: list[list[str]], batch_size: int) -> list[int | None]:
+    """argmax_i cos(text, p_i) with the labeller's encoder; never None (a retrieval baseline)."""
+    distinct = sorted({*texts, *(s for p in personas for s in p)})
+    index = {s: i for i, s in enumerate(distinct)}
+    vectors = pl.unit(pl.encode(enc, distinct, batch_size, desc="encode queries and personas"))
+    return [pl.choose(pl.similarities(vectors[index[t]], vectors[[index[s] for s in p]]), -2.0) if p else None
+            for t, p in zip(texts, personas, strict=True)]
+
+
+def agreement(a: list[int | None], b: list[int | None]) -> dict:
+    both = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    return {
+        "turns": len(a),
+        "agreement": round(sum(x == y for x, y in zip(a, b, strict=True)) / max(len(a), 1), 4),
+        "agreement_where_both_labelled": round(sum(x == y for x, y in both) / max(len(both), 1), 4),
+        "both_labelled": len(both),
+        "none_share": [round(sum(x is None for x in a) / max(len(a), 1), 4),
+                       round(sum(y is None for y in b) / max(len(b), 1), 4)],
+    }
+
+
+def read_author_labels(path: Path) -> dict[tuple[str, str], str | None]:
+    """(query, response) -> the authors' optimal persona sentence (None: their None slot)."""
+    out: dict[tuple[str, str], str | None] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split("\t")
+        if len(fields) != 5:
+            raise InputError(path, f"line {n}: expected 5 tab-separated fields, got {len(fields)}")
+        query, response, candidates, label = fields[:4]
+        slots = candidates.split("**")
+        try:
+            i = int(label)
+        except ValueError:
+            raise InputError(path, f"line {n}: label {label!r} is not an integer") from None
+        if not 0 <= i < len(slots):
+            raise InputError(path, f"line {n}: label {i} outside its {len(slots)} candidates")
+        out[(query, response)] = None if i == 0 else slots[i]
+    return out
+
+
+def load_labels(split: str, data: Path) -> tuple[dict, list[int | None]]:
+    rows = read_parquet(data / "prepared" / f"{split}.parquet",
+                        columns=["example_id", "query", "response", "persona"]).to_pydict()
+    labels = read_parquet(data / "persona_labels" / f"{split}.parquet",
+                          columns=["example_id", "optimal_persona"]).to_pydict()
+    if labels["example_id"] != rows["example_id"]:
+        raise InputError(data / "persona_labels" / f"{split}.parquet", f"rows differ from data/prepared/{split}.parquet")
+    return rows, labels["optimal_persona"]
+
+
+def model_selections(model: str, seeds: list[int], rows: dict, labels: list[int | None]) -> dict | None:
+    per_seed = {}
+    for k in seeds:
+        path = Path("reports/generations") / model / f"seed{k}.parquet"
+        if not path.exists():
+            continue
+        gen = read_parquet(path, columns=["example_id", "selected_persona"]).to_pydict()
+        chosen = dict(zip(gen["example_id"], gen["selected_persona"], strict=True))
+        if set(chosen) != set(rows["example_id"]):
+            raise InputError(path, "its example ids differ from the test split's")
+        per_seed[f"seed{k}"] = accuracy([chosen[e] for e in rows["example_id"]], labels)
+    if not per_seed or all(s["none_chosen"] == 1.0 for s in per_seed.values()):
+        return None  # no seeds, or a model that selects nothing (Seq2Seq)
+    summary = {key: summarize([s[key] for s in per_seed.values()])
+               for key in ("accuracy_labelled", "accuracy_all", "none_chosen")}
+    return {"seeds": per_seed, "summary": summary}
+
+
+def analyse(models: list[str], authors: Path | None, data: Path = Path("data")) -> dict:
+    params = load_params()
+    lp = params["persona_labels"]
+    rows, labels = load_labels("test", data)
+    enc = pl.load_encoder(lp["encoder"], lp["layer"], lp["max_length"], precision=lp.get("precision", "float32"))
+    selectors = {
+        "chance": {"accuracy_labelled": chance(rows["persona"], labels)},
+        "retrieval_minilm_query": accuracy(cosine_choices(enc, rows["query"], rows["persona"], lp["batch_size"]), labels),
+        "retrieval_overlap_query": accuracy([overlap_choice(q, p) for q, p in zip(rows["query"], rows["persona"],
+                                                                                strict=True)], labels),
+    }
+    for model in models:
+        if (found := model_selections(model, params["seeds"], rows, labels)) is not None:
+            selectors[model] = found
+    out = {"split": "test", "turns": len(labels), "selectors": selectors, "labellers": {}}
+    theirs: dict = {}
+    for name in AUTHOR_FILES if authors is not None else ():
+        path = authors / name
+        if not path.exists():
+            raise InputError(path, "missing (the PEDNet authors' data folder holds demo.dev2 and demo.test2)")
+        theirs.update(read_author_labels(path))
+    for split in ("valid", "test"):
+        r, ours = (rows, labels) if split == "test" else load_labels(split, data)
+        overlap = [overlap_choice(y, p) for y, p in zip(r["response"], r["persona"], strict=True)]
+        out["labellers"].setdefault("word_overlap", {})[split] = agreement(ours, overlap)
+        if theirs:
+            a, b = [], []
+            for i, key in enumerate(zip(r["query"], r["response"], strict=True)):
+                if key not in theirs:
+                    continue
+                sentence = theirs[key]
+                if sentence is not None and sentence not in r["persona"][i]:
+                    continue  # their sentence not among ours (different text): cannot compare
+                a.append(ours[i])
+                b.append(None if sentence is None else r["persona"][i].index(sentence))
+            out["labellers"].setdefault("authors", {})[split] = agreement(a, b)
+    for name, block in out["selectors"].items():
+        log.info("%s: %s", name, block.get("summary", block))
+    for name, block in out["labellers"].items():
+        log.info("labels vs %s: %s", name, block)
+    return out
+
+
+def render(report: dict) -> str:
+    """reports/persona_selection.md: the selectors and the labellers as tables."""
+    def cell(block: dict, key: str) -> str:
+        if "summary" in block:
+            v = block["summary"][key]
+            return f"{100 * v['mean']:.1f} ± {100 * (v['sd'] or 0):.1f} ({v['n_seeds']} seeds)"
+        return f"{100 * block[key]:.1f}" if key in block else "—"
+
+    lines = ["# Persona selection on the test split", "",
+             "Every selector scored one way against the optimal-persona labels (`persona_labels`): "
+             "**labelled**: accuracy over turns whose label is a persona sentence (choosing none there is "
+             "wrong); **all**: over every turn, None a class (the authors' code's reading). Percent. "
+             "Written by `python -m pipeline.selection`.", "",
+             "| Selector | Accuracy, labelled turns | Accuracy, all turns | None chosen |", "|---|---|---|---|"]
+    for name, block in report["selectors"].items():
+        lines.append(f"| {name} | {cell(block, 'accuracy_labelled')} | {cell(block, 'accuracy_all')} | "
+                     f"{cell(block, 'none_chosen')} |")
+    lines += ["", "## Our labels against independent labellers", "",
+              "| Labeller | Split | Turns | Agreement (None a class) | Where both give a sentence | "
+              "None share (ours / theirs) |", "|---|---|---|---|---|---|"]
+    for name, splits in report["labellers"].items():
+        for split, a in splits.items():
+            lines.append(f"| {name} | {split} | {a['turns']} | {100 * a['agreement']:.1f} | "
+                         f"{100 * a['agreement_where_both_labelled']:.1f} | "
+                         f"{100 * a['none_share'][0]:.1f} / {100 * a['none_share'][1]:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--authors", type=Path, default=None, help="the PEDNet authors' data folder (optional)")
+    parser.add_argument("--models", nargs="*", default=["pednet", "postks", "gpmn"])
+    parser.add_argument("--out", default=REPORT)
+    args = parser.parse_args(argv)
+    report = analyse(args.models, args.authors)
+    write_json(report, args.out)
+    with atomic_path(Path(args.out).with_suffix(".md")) as tmp:
+        tmp.write_text(render(report), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,60 @@
+import pytest
+
+from pipeline import selection
+from pipeline.io import InputError
+
+
+def test_every_selector_is_scored_the_same_way():
+    labels = [0, 1, None, 2, None]
+    chosen = [0, 2, None, None, 1]
+    got = selection.accuracy(chosen, labels)
+    # labelled turns: 0 right, 1 wrong, 2 (None chosen) wrong -> 1/3; all turns: + the None row right -> 2/5
+    assert got == {"accuracy_labelled": round(1 / 3, 4), "accuracy_all": 0.4, "none_chosen": 0.4, "labelled_turns": 3}
+
+
+def test_chance_is_the_mean_of_one_over_m_on_labelled_turns():
+    personas = [["a", "b"], ["a", "b", "c", "d"], ["x"]]
+    assert selection.chance(personas, [0, 3, None]) == round((1 / 2 + 1 / 4) / 2, 4)
+
+
+def test_word_overlap_picks_the_sentence_sharing_most_content_words():
+    persona = ["i like to ski", "my dog is a poodle named rex", "i love pizza"]
+    assert selection.overlap_choice("do you have a dog ? mine is a poodle", persona) == 1
+    assert selection.overlap_choice("hello there !", persona) is None  # nothing shared: no persona
+
+
+def test_agreement_counts_none_as_a_class_and_separately_where_both_label():
+    got = selection.agreement([0, None, 1, 2], [0, None, 2, None])
+    assert got["agreement"] == 0.5 and got["agreement_where_both_labelled"] == 0.5
+    assert got["both_labelled"] == 2 and got["none_share"] == [0.25, 0.5]
+
+
+def test_authors_labels_slot_zero_is_none(tmp_path):
+    path = tmp_path / "demo.dev2"
+    path.write_text("hi\thello\tNone**i ski**i cook\t2\t0\nq\tr\tNone**i ski\t0\t1 2\n")
+    assert selection.read_author_labels(path) == {("hi", "hello"): "i cook", ("q", "r"): None}
+    path.write_text("hi\thello\tNone**i ski\t5\t0\n")
+    with pytest.raises(InputError, match="line 1: label 5 outside its 2 candidates"):
+        selection.read_author_labels(path)
+
+
+def test_minilm_retrieval_finds_the_matching_sentence():
+    from pipeline import persona_labels as pl
+
+    enc = pl.load_encoder(pl.BUNDLED, -2, 64)
+    personas = [["i have three cats", "i work as a nurse at a hospital", "i drive a red truck"]] * 2
+    got = selection.cosine_choices(enc, ["what is your job ? are you a doctor ?", "do you have any pets ? kittens ?"],
+                                   personas, 8)
+    assert got == [1, 0]
+
+
+def test_render_lists_every_selector_and_labeller():
+    report = {"selectors": {"chance": {"accuracy_labelled": 0.2268},
+                            "pednet": {"summary": {k: {"mean": 0.28, "sd": 0.01, "n_seeds": 3}
+                                                   for k in ("accuracy_labelled", "accuracy_all", "none_chosen")}}},
+              "labellers": {"authors": {"valid": {"turns": 10, "agreement": 0.6, "agreement_where_both_labelled": 0.75,
+                                                  "both_labelled": 4, "none_share": [0.3, 0.4]}}}}
+    text = selection.render(report)
+    assert "| chance | 22.7 | — | — |" in text
+    assert "| pednet | 28.0 ± 1.0 (3 seeds) |" in text
+    assert "| authors | valid | 10 | 60.0 | 75.0 | 30.0 / 40.0 |" in text
