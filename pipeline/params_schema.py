@@ -292,7 +292,8 @@ MODEL_KEYS: dict[str, dict[str, Spec]] = {
                "bow_tied": Bool()},
     "pednet": {"k": Int(min=1), "gamma": Float(min=0, max=1), "hops": Int(min=1),
                "hop_residual": Choice("query", "previous"), "nll_weight": Float(min=0),
-               "persona_weight": Float(min=0), "task_seed": Int(min=0), "select_none": Bool()},
+               "persona_weight": Float(min=0), "task_seed": Int(min=0), "select_none": Bool(),
+               "persona_encoder": Choice("shared", "separate")},
 }
 
 # Sections that are training runs: model-key overrides of the backbone, `train` / `gcl`
