@@ -287,12 +287,13 @@ SCHEMA: dict[str, dict[str, Spec]] = {
 # A model's own keys, besides the backbone's (pipeline/models/<name>.py DEFAULTS).
 MODEL_KEYS: dict[str, dict[str, Spec]] = {
     "seq2seq": {},
-    "gpmn": {},
+    "gpmn": {"idf": Choice("table", "persona"), "idf_missing": Float(min=0)},
     "postks": {"bow_warmup_epochs": Int(min=0), "gumbel_tau": Float(gt=0), "kl_detach_posterior": Bool(),
                "bow_tied": Bool()},
     "pednet": {"k": Int(min=1), "gamma": Float(min=0, max=1), "hops": Int(min=1),
                "hop_residual": Choice("query", "previous"), "nll_weight": Float(min=0),
-               "persona_weight": Float(min=0), "task_seed": Int(min=0), "select_none": Bool()},
+               "persona_weight": Float(min=0), "task_seed": Int(min=0), "select_none": Bool(),
+               "persona_encoder": Choice("shared", "separate")},
 }
 
 # Sections that are training runs: model-key overrides of the backbone, `train` / `gcl`

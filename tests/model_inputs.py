@@ -108,7 +108,7 @@ def tiny_params(**sections) -> dict:
                   "tie_embeddings": True, "freeze_embeddings": False, "max_context_tokens": 40,
                   "max_response_tokens": 30, "max_persona_tokens": 20, "max_persona_sentences": 5},
         "seq2seq": {"attention": "dot"},
-        "gpmn": {"attention": "dot"},
+        "gpmn": {"attention": "dot", "idf": "persona"},
         "generate": {"method": "greedy", "beam_size": 3, "length_penalty": 0.0, "max_len": 12,
                      "batch_size": 16, "device": "cpu"},
     }

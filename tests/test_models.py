@@ -276,3 +276,17 @@ def test_collate_pairs_swaps_only_the_response(data_dir, vocab):
     assert torch.equal(b.persona, ds.collate([0, 1]).persona)
     with pytest.raises(ValueError):
         ds.collate_pairs([0], [1, 2])
+
+
+def test_gpmn_idf_table_weights_by_the_table_and_missing_words_by_idf_missing(data_dir, vocab):
+    from pipeline.models.gpmn import table_idf
+
+    idf = table_idf({"pizza": 5.0, "i": 0.1}, vocab, len(vocab), missing=0.5)
+    assert idf[vocab.stoi["pizza"]] == 5.0 and idf[vocab.stoi["i"]] == pytest.approx(0.1)
+    assert idf[vocab.stoi["guitar"]] == 0.5
+    params = {**model_params(tiny_params(model={"hidden": 8}, gpmn={"idf": "table"}), "gpmn"), "emb_dim": 8}
+    train = make_model("seq2seq", data_dir, vocab)[1]
+    with pytest.raises(ValueError, match="gpmn.idf: table needs data/persona_idf/idf.tsv"):
+        build_model("gpmn", params, ModelContext.from_vocab(vocab, None, train))
+    model = build_model("gpmn", params, ModelContext.from_vocab(vocab, None, train, {"pizza": 5.0}))
+    assert model.idf[vocab.stoi["pizza"]] == 5.0 and model.idf[vocab.stoi["guitar"]] == pytest.approx(0.58829)

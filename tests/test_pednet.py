@@ -279,3 +279,17 @@ def test_probe_oracle_selection_uses_the_labels(data, vocab):
     agree = selection_agreement(rows, [0, 2, -1, -1])
     assert agree["selection_accuracy"] == 0.5 and agree["selection_accuracy_where_labelled"] == 0.5
     assert agree["none_selected"] == 0.25 and agree["none_labelled"] == 0.5
+
+
+def test_persona_encoder_shared_or_separate(data, vocab):
+    shared, ds = make(data, vocab)
+    assert shared.persona_encoder.encoder is shared.encoder
+    separate, _ = make(data, vocab, persona_encoder="separate")
+    assert separate.persona_encoder.encoder is not separate.encoder
+    n = sum(p.numel() for p in separate.encoder.parameters())
+    assert sum(p.numel() for p in separate.parameters()) == sum(p.numel() for p in shared.parameters()) + n
+    out = separate.loss(ds.collate(list(range(6))), task=CDNET)
+    out["loss"].backward()
+    assert separate.persona_encoder.encoder.gru.weight_ih_l0.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pednet.persona_encoder 'both': shared | separate"):
+        make(data, vocab, persona_encoder="both")

@@ -1,7 +1,10 @@
 """GPMN, the Generative Profile Memory Network of Zhang et al. (2018) (methods §2).
 
-Each persona sentence is one memory slot, an idf-weighted bag of its word embeddings
-(idf over the distinct persona sentences of the training split). At every decoder step
+Each persona sentence is one memory slot, an idf-weighted bag of its word embeddings. The
+idf (``idf``): ``table`` (default, Zhang et al.'s weighting) is the ConvAI2 idf table of
+data/persona_idf (the one Persona Coverage uses), ``idf_missing`` for words it lacks;
+``persona`` is log(N / df) over the N distinct persona sentences of the training split
+(this project's earlier reading). At every decoder step
 the previous state attends over the slots (general attention) and the read-out joins
 the decoder input and the output features, next to the usual context attention.
 
@@ -36,17 +39,38 @@ def persona_idf(persona_lists, vocab, vocab_size: int) -> torch.Tensor:
     return idf
 
 
+def table_idf(table: dict[str, float], vocab, vocab_size: int, missing: float) -> torch.Tensor:
+    """idf(w) from a word -> idf table; ``missing`` for vocabulary words it lacks."""
+    idf = torch.full((vocab_size,), float(missing))
+    for w, i in vocab.stoi.items():
+        if w in table:
+            idf[i] = table[w]
+    return idf
+
+
+DEFAULTS = {"idf": "table", "idf_missing": 0.58829}  # idf_missing: evaluate.idf_missing's value
+
+
 @register("gpmn")
 class GPMN(Seq2Seq):
     inputs = frozenset({PERSONA})
 
     def __init__(self, params: dict, ctx: ModelContext):
-        super().__init__(params, ctx)
+        super().__init__({**DEFAULTS, **params}, ctx)
         e = self.params["emb_dim"]
         self.memory_attention = Attention(self.params["hidden"], e, "general")
+        if self.params["idf"] not in ("table", "persona"):
+            raise ValueError(f"gpmn.idf {self.params['idf']!r}: table | persona")
         idf = torch.zeros(ctx.vocab_size)
         if ctx.train_data is not None:  # otherwise it comes from a checkpoint's state dict
-            idf = persona_idf(ctx.train_data.texts["persona"], ctx.train_data.vocab, ctx.vocab_size)
+            vocab = ctx.train_data.vocab
+            if self.params["idf"] == "persona":
+                idf = persona_idf(ctx.train_data.texts["persona"], vocab, ctx.vocab_size)
+            elif ctx.idf_table is None:
+                raise ValueError("gpmn.idf: table needs data/persona_idf/idf.tsv (the fetch stage); "
+                                 "or set gpmn.idf: persona")
+            else:
+                idf = table_idf(ctx.idf_table, vocab, ctx.vocab_size, self.params["idf_missing"])
         self.register_buffer("idf", idf)
 
     def extra_context_sizes(self) -> list[int]:

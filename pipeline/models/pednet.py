@@ -1,7 +1,8 @@
 """PEDNet = CDNet + PDNet on one backbone, trained alternately (methods §2).
 
-Both share the embeddings, the encoder (context, masked contexts and persona sentences)
-and the decoder s_t = GRU([e(y_{t-1}); c_t; c_t^p], s_{t-1}) with readout from
+Both share the embeddings, the encoder (context, masked contexts and, with
+``persona_encoder: shared``, the paper's reading, persona sentences; ``separate`` gives
+persona sentences their own encoder, as the authors' code does) and the decoder s_t = GRU([e(y_{t-1}); c_t; c_t^p], s_{t-1}) with readout from
 [s_t; c_t; c_t^p]; c_t^p is attention over the word encodings h(p) of one persona sentence.
 
 CDNet (validation, test, decoding):
@@ -30,6 +31,8 @@ DistributedDataParallel rank make the same choices.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -56,6 +59,7 @@ DEFAULTS = {
     "persona_weight": 0.7,
     "task_seed": 1,
     "select_none": False,  # true: p̂ may be the "no persona" slot (authors' code)
+    "persona_encoder": "shared",  # shared: the context encoder (paper) | separate: its own GRU (authors' code)
 }
 
 CDNET, PDNET = "cdnet", "pdnet"
@@ -74,7 +78,11 @@ class PEDNet(Seq2Seq):
         super().__init__({**DEFAULTS, **params}, ctx)
         p = self.params
         e, h = p["emb_dim"], p["hidden"]
-        self.persona_encoder = PersonaEncoder(self.encoder)
+        if p["persona_encoder"] not in ("shared", "separate"):
+            raise ValueError(f"pednet.persona_encoder {p['persona_encoder']!r}: shared | separate")
+        # separate: same architecture and initial weights as the context encoder, trained apart
+        self.persona_encoder = PersonaEncoder(self.encoder if p["persona_encoder"] == "shared"
+                                              else copy.deepcopy(self.encoder))
         self.key_linear = nn.Linear(e, h)  # specific words -> persona-aware query term
         self.memory = MemoryHops(h, hops=p["hops"], bilinear=True, none_slot=True, residual=p["hop_residual"])
         self.persona_attention = Attention(h, h, p["attention"])
