@@ -62,6 +62,7 @@ def scale_project(workdir: Path, raw: Path, factor: int) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     corpus = replicate_corpus(raw, workdir / f"corpus_x{factor}", factor)
     params["fetch"]["source"] = str(corpus)
+    params["prepare"]["duplicates"] = "keep"  # the copies are duplicated dialogues on purpose
     if params["fetch"].get("idf"):  # relative to this checkout, not to the scratch project
         params["fetch"]["idf"] = str((ROOT / params["fetch"]["idf"]).resolve())
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -5,12 +5,18 @@ a directory of ParlAI ``*.txt`` files, or a ``.tgz``/``.tar.gz``/``.tar`` archiv
 archive is read member by member and only regular files are written, each under its base
 name, into the output folder; an archive with any member that would write outside its
 folder (absolute path, ``..``, a link pointing out) is refused as a whole.
+
+The copies are byte-identical, and ``data/raw/sources.json`` records each one's origin
+(``write_sources``) so that later messages name the user's file, not the copy:
+``<fetch.source>/<path>`` for a directory, ``<archive>(<member>)`` for an archive (the URL
+for ``parlai``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -28,6 +34,7 @@ log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 IDF = Path("data/persona_idf/idf.tsv")
+SOURCES = "sources.json"  # the manifest; pipeline.parlai.SOURCES reads it
 _CHUNK = 1 << 20
 
 
@@ -120,8 +127,11 @@ _OFFLINE_HINT = (" (offline? point fetch.source at a local copy, e.g. "
 # --- local sources ------------------------------------------------------------------------
 
 
-def copy_directory(src: Path, out: Path, include: str = "*.txt") -> list[str]:
-    """Copy every file matching ``include`` under ``src`` (recursively) into ``out`` by name."""
+def copy_directory(src: Path, out: Path, include: str = "*.txt", label: str | None = None) -> dict[str, str]:
+    """Copy every file matching ``include`` under ``src`` (recursively) into ``out`` by name.
+
+    Returns {name: the file as the user names it} by name, ``label`` (default ``src``)
+    standing for ``src``."""
     files = sorted(p for p in src.rglob("*") if p.is_file() and fnmatch.fnmatch(p.name, include))
     names: dict[str, Path] = {}
     for p in files:
@@ -131,9 +141,12 @@ def copy_directory(src: Path, out: Path, include: str = "*.txt") -> list[str]:
         names[p.name] = p
     if not names:
         raise InputError(src, f"no ParlAI files matching {include!r} in this directory")
+    base = (str(src) if label is None else label).rstrip("/") or "/"
+    sources = {}
     for name, p in progress(sorted(names.items()), desc="copy", unit="file"):
         shutil.copyfile(p, out / name)
-    return sorted(names)
+        sources[name] = posixpath.join(base, p.relative_to(src).as_posix())
+    return sources
 
 
 def _escapes(name: str) -> str | None:
@@ -160,9 +173,13 @@ def check_members(members: list[tarfile.TarInfo], archive: Path) -> None:
             raise InputError(archive, f"unsafe archive member {m.name!r}: {reason}; refusing to extract")
 
 
-def extract_archive(archive: Path, out: Path, include: str = "*.txt") -> list[str]:
-    """Write the regular files of ``archive`` matching ``include`` into ``out`` by base name."""
-    names: list[str] = []
+def extract_archive(archive: Path, out: Path, include: str = "*.txt", label: str | None = None) -> dict[str, str]:
+    """Write the regular files of ``archive`` matching ``include`` into ``out`` by base name.
+
+    Returns {name: ``<label>(<member>)``} by name, ``label`` (default ``archive``) naming the
+    archive as the user does."""
+    names: dict[str, str] = {}
+    label = str(archive) if label is None else label
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()  # reads the whole index: a truncated archive fails here
@@ -177,12 +194,12 @@ def extract_archive(archive: Path, out: Path, include: str = "*.txt") -> list[st
                 src = tar.extractfile(m)
                 with open(out / base, "wb") as f:
                     shutil.copyfileobj(src, f, _CHUNK)
-                names.append(base)
+                names[base] = f"{label}({m.name})"
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise InputError(archive, f"truncated or corrupt archive ({type(e).__name__}: {e})") from None
     if not names:
         raise InputError(archive, f"no members matching {include!r} in this archive")
-    return sorted(names)
+    return dict(sorted(names.items()))
 
 
 def resolve_source(source: str, root: Path) -> Path:
@@ -198,16 +215,35 @@ def resolve_source(source: str, root: Path) -> Path:
     return path
 
 
-def fetch(params: dict, out: Path, root: Path) -> list[str]:
-    """Fill the empty directory ``out`` from ``params`` (the ``fetch`` section)."""
+def fetch(params: dict, out: Path, root: Path) -> dict[str, str]:
+    """Fill the empty directory ``out`` from ``params`` (the ``fetch`` section); return
+    {name: the user's file it copies} (see ``write_sources``)."""
     include = params.get("include") or "*.txt"
     if params["source"] == "parlai":
         archive = download(params["url"], cache_dir(), params.get("size"), params.get("sha256"))
-        return extract_archive(archive, out, include)
-    src = resolve_source(str(params["source"]), root)
+        return extract_archive(archive, out, include, label=params["url"])
+    source = str(params["source"])
+    src = resolve_source(source, root)
     if src.is_dir():
-        return copy_directory(src, out, include)
-    return extract_archive(src, out, include)
+        return copy_directory(src, out, include, label=source)
+    return extract_archive(src, out, include, label=source)
+
+
+def write_sources(out: Path, source: str, sources: dict[str, str]) -> Path:
+    """``out/sources.json``: fetch.source and, per copied file, the user's file it copies
+    (as ``fetch`` returned it) and its size, so that ``prepare`` names the user's file and
+    line, and falls back to the copy's own name if the copy was changed since. Paths are
+    written as the user wrote them (no resolving), so the manifest is the same on every
+    machine."""
+    if SOURCES in sources:
+        raise InputError(sources[SOURCES], f"a source file named {SOURCES} would overwrite fetch's "
+                         "manifest of data/raw; narrow fetch.include")
+    manifest = {"source": str(source),
+                "files": {name: {"source": label, "size": (out / name).stat().st_size}
+                          for name, label in sorted(sources.items())}}
+    path = out / SOURCES
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 def copy_idf(source: str, out: Path, root: Path) -> Path:

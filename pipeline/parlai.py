@@ -6,11 +6,21 @@ lines ``N your persona: ...`` / ``N partner's persona: ...`` come first; every o
 an (empty) reward and ``cand1|cand2|...``. ``__SILENCE__`` means the bot speaks first.
 
 The parser is strict: anything else is an ``InputError`` naming file, line and problem,
-because a silently mis-parsed line would shift every later turn of its dialogue.
+because a silently mis-parsed line would shift every later turn of its dialogue. So is
+suspicious input that parses: a last utterance line without its newline (a truncated
+file), utterance lines with candidates beside lines without them (or a 4-field line in a
+``*_no_cands`` file, a 2-field one in a file named for candidates), and, in
+``check_dialogues``, duplicated dialogues and dialogues without a persona (errors unless
+``prepare.duplicates`` / ``prepare.no_persona`` allow them, then warnings with counts).
+
+Messages name the user's own file: ``fetch`` copies it into ``data/raw`` and records where
+each copy came from in ``data/raw/sources.json`` (``read_sources``), and the copy is
+byte-identical, so its line numbers are the source's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,6 +35,11 @@ from pipeline.text import normalize
 PERSONA_PREFIXES = {"your persona:": "persona", "partner's persona:": "partner_persona"}
 PERSONA_CHOICES = ("self", "other", "both", "none")
 VARIANT_CHOICES = ("original", "revised")
+DUPLICATES_CHOICES = ("error", "drop", "keep")  # prepare.duplicates
+NO_PERSONA_CHOICES = ("error", "drop", "keep")  # prepare.no_persona
+SOURCES = "sources.json"  # fetch's manifest in data/raw (pipeline.fetch.SOURCES)
+# ParlAI's names: *_no_cands.txt has 2 fields per utterance line, the others 4 (candidates).
+_PARLAI_NAME = re.compile(r"(train|valid|test)_(self|other|both|none)_(original|revised)(_no_cands)?\.txt")
 _SILENCE_RAW = "__silence__"
 _NUMBERED = re.compile(r"([0-9]+) (.*)", re.DOTALL)
 # A tab-less line that looks like "<something> persona: ..." is a persona line we do not know.
@@ -76,11 +91,26 @@ def decode_lines(data: bytes, path: str | os.PathLike) -> list[str]:
     return lines
 
 
-def parse_lines(lines: list[str], path: str | os.PathLike) -> list[Dialogue]:
-    """Parse decoded lines (line i of the list is file line i + 1) into dialogues."""
+def candidates_in_name(name: str) -> bool | None:
+    """What a ParlAI file name says of its utterance lines: False for ``*_no_cands.txt``
+    (2 fields), True for ParlAI's other names (4 fields: candidates), None for other names."""
+    m = _PARLAI_NAME.fullmatch(name)
+    return None if m is None else m.group(4) is None
+
+
+def parse_lines(lines: list[str], path: str | os.PathLike, *, candidates: bool | None = None,
+                terminated: bool = True) -> list[Dialogue]:
+    """Parse decoded lines (line i of the list is file line i + 1) into dialogues.
+
+    ``candidates``: whether every utterance line must have the candidates fields (True),
+    must not (False) or either, as long as the whole file agrees (None). ``terminated``:
+    whether the file ended with a newline; if not, a last utterance line is taken to be cut
+    off (a truncated download or copy would otherwise lose the end of a response silently).
+    """
     dialogues: list[Dialogue] = []
     current: Dialogue | None = None
     previous = 0
+    layout: dict = {"candidates": candidates, "named": candidates is not None, "line": None}
     for lineno, raw in enumerate(lines, start=1):
         if not raw.strip():  # tolerate blank lines (e.g. an extra newline at the end)
             continue
@@ -97,15 +127,20 @@ def parse_lines(lines: list[str], path: str | os.PathLike) -> list[Dialogue]:
             expected = "1" if current is None else f"1 or {previous + 1}"
             raise InputError(path, f"broken numbering: line number {number}, expected {expected}", lineno)
         previous = number
-        _parse_line(current, rest, lineno, path)
+        _parse_line(current, rest, lineno, path, layout)
     if current is not None:
         _finish(current, path)
     if not dialogues:
         raise InputError(path, "empty file (no dialogues)")
+    last = dialogues[-1].turns[-1]
+    if not terminated and last.line == len(lines):
+        raise InputError(path, "truncated file? its last utterance line has no newline at the end (it "
+                         f"ends {_excerpt(lines[-1][-40:])}); if the line is complete, end the file with a "
+                         "newline", last.line)
     return dialogues
 
 
-def _parse_line(dialogue: Dialogue, rest: str, lineno: int, path) -> None:
+def _parse_line(dialogue: Dialogue, rest: str, lineno: int, path, layout: dict) -> None:
     fields = rest.split("\t")
     if len(fields) == 1:
         for prefix, attr in PERSONA_PREFIXES.items():
@@ -127,6 +162,7 @@ def _parse_line(dialogue: Dialogue, rest: str, lineno: int, path) -> None:
     if len(fields) not in (2, 4):
         raise InputError(path, f"{len(fields)} tab-separated fields, expected 2 (utterance, response) "
                          "or 4 (utterance, response, reward, candidates)", lineno)
+    _check_layout(len(fields) == 4, lineno, path, layout)
     query, response = fields[0].strip(), fields[1].strip()
     if not query:
         raise InputError(path, "empty partner utterance before the tab", lineno)
@@ -134,6 +170,24 @@ def _parse_line(dialogue: Dialogue, rest: str, lineno: int, path) -> None:
         raise InputError(path, "empty response after the tab", lineno)
     candidates = [c.strip() for c in fields[3].split("|")] if len(fields) == 4 and fields[3].strip() else []
     dialogue.turns.append(Turn(query, response, candidates, lineno))
+
+
+def _check_layout(has: bool, lineno: int, path, layout: dict) -> None:
+    """One file, one format: every utterance line with candidates, or none (file name first)."""
+    if layout["candidates"] is None:
+        layout["candidates"], layout["line"] = has, lineno
+        return
+    if has == layout["candidates"]:
+        return
+    if layout["named"] and has:
+        raise InputError(path, "4 tab-separated fields (utterance, response, reward, candidates) in a "
+                         "*_no_cands file, whose utterance lines have 2: mixed formats", lineno)
+    if layout["named"]:
+        raise InputError(path, "2 tab-separated fields (no candidates) in a file whose name says it has "
+                         "candidates (not *_no_cands): mixed formats", lineno)
+    this, first = ("4", "2 (no candidates)") if has else ("2", "4 (with candidates)")
+    raise InputError(path, f"{this} tab-separated fields, but line {layout['line']} has {first}: the file "
+                     "mixes utterance lines with and without candidates", lineno)
 
 
 def _finish(dialogue: Dialogue, path) -> None:
@@ -145,11 +199,115 @@ def _excerpt(s: str, n: int = 60) -> str:
     return repr(s if len(s) <= n else s[:n] + "...")
 
 
-def read_dialogues(path: str | os.PathLike) -> list[Dialogue]:
+def read_dialogues(path: str | os.PathLike, name: str | None = None) -> list[Dialogue]:
+    """Parse one ParlAI file; errors name ``name`` (the user's source of this copy, see
+    ``source_name``) or else ``path``. The file name sets the expected format
+    (``candidates_in_name``)."""
     path = Path(path)
+    where = name or path
     if not path.is_file():
-        raise InputError(path, "file not found")
-    return parse_lines(decode_lines(path.read_bytes(), path), path)
+        raise InputError(where, "file not found")
+    data = path.read_bytes()
+    return parse_lines(decode_lines(data, where), where, candidates=candidates_in_name(path.name),
+                       terminated=data.endswith(b"\n"))
+
+
+# --- where a copy came from --------------------------------------------------------------
+
+
+def read_sources(raw: str | os.PathLike) -> dict:
+    """``raw/sources.json`` as fetch wrote it (``{}`` when there is none, e.g. files put into
+    data/raw by hand): ``{"source": <fetch.source>, "files": {name: {"source", "size"}}}``."""
+    path = Path(raw) / SOURCES
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not valid JSON ({e}); rerun the fetch stage") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not (isinstance(files, dict) and isinstance(manifest.get("source"), str)
+            and all(isinstance(v, dict) and isinstance(v.get("source"), str) for v in files.values())):
+        raise InputError(path, "not fetch's manifest ({source, files: {name: {source, size}}}); "
+                         "rerun the fetch stage")
+    return manifest
+
+
+def source_name(path: str | os.PathLike, sources: dict) -> str:
+    """The user's own file that ``path`` (in data/raw) is a copy of, for messages: the path
+    under ``fetch.source``, or ``archive(member)``; ``path`` itself when the manifest does
+    not list it or the copy was changed since (its size differs)."""
+    path = Path(path)
+    entry = sources.get("files", {}).get(path.name) if sources else None
+    if entry is None or (path.is_file() and entry.get("size") not in (None, path.stat().st_size)):
+        return str(path)
+    return entry["source"]
+
+
+# --- suspicious dialogues -------------------------------------------------------------------
+
+_PERSONA_OF = {"self": ("persona",), "other": ("partner_persona",),
+               "both": ("persona", "partner_persona"), "none": ()}
+_PREFIX_OF = {attr: prefix for prefix, attr in PERSONA_PREFIXES.items()}
+
+
+def check_dialogues(dialogues: list[Dialogue], path: str | os.PathLike, persona: str = "self",
+                    duplicates: str = "error", no_persona: str = "error") -> tuple[list[Dialogue], list[str]]:
+    """Dialogues without the persona the task variant conditions on (``persona``: self needs
+    ``your persona:`` sentences, other ``partner's persona:``, both both, none nothing), and
+    dialogues that repeat an earlier one of the file (same personas, same utterances).
+
+    Each policy is ``error`` (an InputError naming the first such dialogue), ``drop`` or
+    ``keep``; the last two return one warning line with the count. Returns the dialogues to
+    keep and the warnings.
+    """
+    if duplicates not in DUPLICATES_CHOICES or no_persona not in NO_PERSONA_CHOICES:
+        raise ValueError(f"duplicates={duplicates!r}, no_persona={no_persona!r}: expected "
+                         f"{DUPLICATES_CHOICES} and {NO_PERSONA_CHOICES}")
+    kept: list[Dialogue] = []
+    missing: list[Dialogue] = []
+    repeats: list[tuple[Dialogue, Dialogue]] = []
+    seen: dict[tuple, Dialogue] = {}
+    for d in dialogues:
+        lacking = [attr for attr in _PERSONA_OF[persona] if not _persona(getattr(d, attr))]
+        if lacking:
+            if no_persona == "error":
+                first = d.turns[0].line
+                what = " and ".join(repr(_PREFIX_OF[a]) for a in lacking)
+                how = (f"its {what} sentences are empty after normalisation"
+                       if any(getattr(d, a) for a in lacking) else f"no {what} lines")
+                start = f", dialogue starts at line {d.line}" if d.line != first else ""
+                raise InputError(path, f"dialogue without persona: {how}"
+                                 f"{start} (prepare.persona={persona}; prepare.no_persona: drop or keep "
+                                 "allows it with a warning)", first)
+            missing.append(d)
+            if no_persona == "drop":
+                continue
+        key = (tuple(d.persona), tuple(d.partner_persona), tuple((t.query, t.response) for t in d.turns))
+        if key in seen:
+            if duplicates == "error":
+                raise InputError(path, f"duplicated dialogue: same persona and utterances as the dialogue at "
+                                 f"line {seen[key].line} (prepare.duplicates: drop or keep allows it "
+                                 "with a warning)", d.line)
+            repeats.append((d, seen[key]))
+            if duplicates == "drop":
+                continue
+        else:
+            seen[key] = d
+        kept.append(d)
+    warnings = []
+    if missing:
+        done = "dropped" if no_persona == "drop" else "kept (their rows have an empty persona)"
+        warnings.append(f"{path}: {len(missing)} of {len(dialogues)} dialogues without persona "
+                        f"(prepare.persona={persona}; the first at line {missing[0].turns[0].line}): {done} "
+                        f"(prepare.no_persona={no_persona})")
+    if repeats:
+        done = "dropped" if duplicates == "drop" else "kept"
+        d, first = repeats[0]
+        warnings.append(f"{path}: {len(repeats)} of {len(dialogues)} dialogues duplicate an earlier one "
+                        f"(same persona and utterances; first at line {d.line}, a copy of line "
+                        f"{first.line}): {done} (prepare.duplicates={duplicates})")
+    return kept, warnings
 
 
 def is_silence(utterance: str) -> bool:

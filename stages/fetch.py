@@ -1,12 +1,13 @@
-"""Stage `fetch`: ParlAI's personachat.tgz (or a local copy) -> data/raw/*.txt, and the
-Persona Coverage idf table (``fetch.idf``) -> data/persona_idf/idf.tsv."""
+"""Stage `fetch`: ParlAI's personachat.tgz (or a local copy) -> data/raw/*.txt (with
+data/raw/sources.json: which file of the source each one copies), and the Persona Coverage
+idf table (``fetch.idf``) -> data/persona_idf/idf.tsv."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from pipeline.fetch import IDF, copy_idf, fetch
+from pipeline.fetch import IDF, copy_idf, fetch, write_sources
 from pipeline.io import atomic_dir, load_params, run_stage
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,9 @@ def main() -> None:
     p = load_params("fetch")
     log.info("fetch.source=%s", p["source"])
     with atomic_dir(OUT) as tmp:
-        names = fetch(p, tmp, root=Path.cwd())
+        sources = fetch(p, tmp, root=Path.cwd())
+        write_sources(tmp, p["source"], sources)
+    names = list(sources)
     total = sum((OUT / n).stat().st_size for n in names)
     log.info("wrote %s: %d files, %d bytes (%s)", OUT, len(names), total, ", ".join(names))
     if p.get("idf"):

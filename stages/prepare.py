@@ -1,4 +1,9 @@
-"""Stage `prepare`: ParlAI Persona-Chat files in data/raw -> data/prepared/{split,vocab}.parquet."""
+"""Stage `prepare`: ParlAI Persona-Chat files in data/raw -> data/prepared/{split,vocab}.parquet.
+
+Messages name the user's own files (``fetch.source``, via data/raw/sources.json), not the
+copies. Duplicated dialogues and dialogues without a persona are errors unless
+``prepare.duplicates`` / ``prepare.no_persona`` say ``drop`` or ``keep`` (then a warning
+with the count)."""
 
 from __future__ import annotations
 
@@ -18,22 +23,28 @@ RAW = Path("data/raw")
 OUT = Path("data/prepared")
 
 
-def split_file(raw: Path, split: str, p: dict) -> Path:
-    """The file for one split; falls back to the other candidates form if only that exists."""
+def split_file(raw: Path, split: str, p: dict, sources: dict | None = None) -> Path:
+    """The file for one split; falls back to the other candidates form if only that exists.
+    With fetch's manifest (``sources``), messages name fetch.source rather than ``raw``."""
     wanted = raw / parlai.file_name(split, p["persona"], p["variant"], bool(p["candidates"]))
     other = raw / parlai.file_name(split, p["persona"], p["variant"], not p["candidates"])
     if wanted.is_file():
         return wanted
     if other.is_file():
-        log.warning("%s not found, using %s", wanted, other)
+        log.warning("%s not found, using %s", wanted.name if sources else wanted,
+                    parlai.source_name(other, sources or {}))
         return other
-    raise InputError(wanted, f"missing {split} split (params prepare.persona={p['persona']}, "
-                     f"variant={p['variant']}, candidates={p['candidates']})")
+    what = (f"missing {split} split (params prepare.persona={p['persona']}, variant={p['variant']}, "
+            f"candidates={p['candidates']})")
+    if sources:
+        raise InputError(sources["source"], f"no file {wanted.name}: {what}")
+    raise InputError(wanted, what)
 
 
 def check_params(p: dict) -> None:
-    for key, choices in (("persona", parlai.PERSONA_CHOICES), ("variant", parlai.VARIANT_CHOICES)):
-        if p[key] not in choices:
+    for key, choices in (("persona", parlai.PERSONA_CHOICES), ("variant", parlai.VARIANT_CHOICES),
+                         ("duplicates", parlai.DUPLICATES_CHOICES), ("no_persona", parlai.NO_PERSONA_CHOICES)):
+        if p.get(key, choices[0]) not in choices:
             raise InputError("params.yaml", f"prepare.{key}: expected one of {', '.join(choices)}, got {p[key]!r}")
 
 
@@ -42,14 +53,20 @@ def main() -> None:
     check_params(p)
     # Read and check every split before writing anything.
     tables: dict[str, pa.Table] = {}
+    sources = parlai.read_sources(RAW)
     for split in SPLITS:
-        path = split_file(RAW, split, p)
-        dialogues = parlai.read_dialogues(path)
+        path = split_file(RAW, split, p, sources)
+        name = parlai.source_name(path, sources)
+        read = parlai.read_dialogues(path, name)
+        dialogues, warnings = parlai.check_dialogues(
+            read, name, p["persona"], p.get("duplicates", "error"), p.get("no_persona", "error"))
+        for w in warnings:
+            log.warning("%s", w)
         table = parlai.examples(dialogues, split)
         short = parlai.short_response_mask(table, p["min_response_tokens"])
         kept = table.filter(pa.array([not s for s in short]))
-        log.info("%s: read %d dialogues, %d bot turns from %s; min_response_tokens=%d dropped %d; "
-                 "%d rows", split, len(dialogues), table.num_rows, path, p["min_response_tokens"],
+        log.info("%s: read %d dialogues (%d kept), %d bot turns from %s; min_response_tokens=%d dropped %d; "
+                 "%d rows", split, len(read), len(dialogues), table.num_rows, name, p["min_response_tokens"],
                  sum(short), kept.num_rows)
         tables[split] = (table, kept)
     # The vocabulary counts all training text, filtered turns included: they stay in the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import os
 import subprocess
 import sys
@@ -52,7 +53,8 @@ def test_directory_is_copied_flat(tmp_path):
     (tmp_path / "src" / "notes.md").write_text("ignored")
     out = tmp_path / "out"
     out.mkdir()
-    assert fetch.fetch({"source": "src"}, out, root=tmp_path) == NAMES
+    # each copy with the file it copies, as the user names it (relative to fetch.source)
+    assert fetch.fetch({"source": "src"}, out, root=tmp_path) == {n: f"src/nested/{n}" for n in NAMES}
     assert sorted(os.listdir(out)) == NAMES
     assert (out / NAMES[1]).read_bytes() == (src / NAMES[1]).read_bytes()
 
@@ -61,7 +63,7 @@ def test_directory_include_pattern_and_duplicates(tmp_path):
     src = write_corpus(tmp_path / "src", sizes=(2, 1, 1))
     out = tmp_path / "out"
     out.mkdir()
-    assert fetch.copy_directory(src, out, "train_*") == [NAMES[1]]
+    assert fetch.copy_directory(src, out, "train_*") == {NAMES[1]: f"{src}/{NAMES[1]}"}
     (src / "sub").mkdir()
     (src / "sub" / NAMES[0]).write_text("1 a\tb\n")
     with pytest.raises(InputError, match="two files named test_self"):
@@ -78,7 +80,8 @@ def test_tgz_is_extracted_flat(tmp_path):
     archive, members = corpus_tgz(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    assert fetch.fetch({"source": str(archive)}, out, root=tmp_path) == NAMES
+    assert fetch.fetch({"source": str(archive)}, out, root=tmp_path) == {
+        n: f"{archive}(personachat/{n})" for n in NAMES}  # archive(member)
     assert sorted(os.listdir(out)) == NAMES
     assert (out / NAMES[2]).read_bytes() == members[f"personachat/{NAMES[2]}"]
 
@@ -90,7 +93,7 @@ def test_links_inside_the_folder_are_allowed_but_not_written(tmp_path):
                         "d/hard.txt": (tarfile.LNKTYPE, "d/train.txt")})
     out = tmp_path / "out"
     out.mkdir()
-    assert fetch.extract_archive(archive, out) == ["train.txt"]
+    assert list(fetch.extract_archive(archive, out)) == ["train.txt"]
 
 
 @pytest.mark.parametrize(
@@ -252,7 +255,7 @@ def test_stage_from_directory_and_rerun(tmp_path):
     for _ in range(2):  # a rerun replaces data/raw
         r = run_fetch(repo, {"source": "../corpus"})
         assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(repo / "data" / "raw")) == NAMES
+    assert sorted(os.listdir(repo / "data" / "raw")) == sorted(NAMES + ["sources.json"])
     assert sorted(os.listdir(repo / "data")) == ["raw"]  # no temporary folders left
     assert "wrote data/raw: 3 files" in r.stderr
 
@@ -267,8 +270,10 @@ def test_stage_download_from_local_server(tmp_path, server):
                          "sha256": hashlib.sha256(payload).hexdigest()},
                   env={"PERSONA_DIALOGUE_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(repo / "data" / "raw")) == NAMES
+    assert sorted(os.listdir(repo / "data" / "raw")) == sorted(NAMES + ["sources.json"])
     assert (tmp_path / "cache" / "personachat.tgz").read_bytes() == payload
+    files = json.loads((repo / "data/raw/sources.json").read_text())["files"]  # the URL, not the cache
+    assert {n: f["source"] for n, f in files.items()} == {n: f"{srv.url}(personachat/{n})" for n in NAMES}
 
 
 @pytest.mark.parametrize("case", ["missing", "escaping", "truncated", "unknown"])
@@ -302,3 +307,43 @@ def test_stage_copies_the_idf_table_or_names_a_missing_one(tmp_path):
     assert (repo / "data/persona_idf/idf.tsv").read_text() == "dog\t0.16\n"
     r = run_fetch(repo, {"source": "../corpus", "idf": "../nowhere.tsv"})
     assert r.returncode == 2 and "nowhere.tsv: fetch.idf: no such file" in r.stderr.strip().splitlines()[-1]
+
+
+# --- data/raw/sources.json: which of the user's files each copy is ------------------------------
+
+
+def test_stage_writes_the_manifest_of_the_users_files(tmp_path):
+    src = write_corpus(tmp_path / "corpus" / "v1", sizes=(2, 1, 1))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    r = run_fetch(repo, {"source": "../corpus"})
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((repo / "data/raw/sources.json").read_text())
+    # as the user wrote fetch.source (never resolved: the same on every machine), with each size
+    assert manifest == {"source": "../corpus", "files": {
+        n: {"source": f"../corpus/v1/{n}", "size": (src / n).stat().st_size} for n in NAMES}}
+    assert all((repo / "data/raw" / n).read_bytes() == (src / n).read_bytes() for n in NAMES)
+    archive, _ = corpus_tgz(tmp_path)
+    r = run_fetch(repo, {"source": "../personachat.tgz"})
+    assert r.returncode == 0, r.stderr
+    files = json.loads((repo / "data/raw/sources.json").read_text())["files"]
+    assert files[NAMES[0]]["source"] == f"../personachat.tgz(personachat/{NAMES[0]})"
+
+
+def test_a_source_file_named_like_the_manifest_is_refused(tmp_path):
+    src = write_corpus(tmp_path / "corpus", sizes=(2, 1, 1))
+    (src / "sources.json").write_text("{}")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    r = run_fetch(repo, {"source": "../corpus", "include": "*"})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        "error: ../corpus/sources.json: a source file named sources.json would overwrite fetch's manifest "
+        "of data/raw; narrow fetch.include")
+    assert os.listdir(repo) == ["params.yaml"]
+
+
+def test_manifest_name_is_the_one_prepare_reads():
+    from pipeline import parlai
+
+    assert fetch.SOURCES == parlai.SOURCES

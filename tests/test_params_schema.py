@@ -117,6 +117,8 @@ CASES = [  # (section, key, value, the exact message); tracebacks or silently ac
     ("model", "hidden", "abc", "model.hidden: expected an even integer >= 2, got 'abc'"),
     ("train", "lr", -1, "train.lr: expected a number > 0, got -1"),
     ("prepare", "min_response_tokens", "abc", "prepare.min_response_tokens: expected an integer >= 0, got 'abc'"),
+    ("prepare", "duplicates", "warn", "prepare.duplicates: expected one of error, drop, keep, got 'warn'"),
+    ("prepare", "no_persona", False, "prepare.no_persona: expected one of error, drop, keep, got False"),
     ("gcl", "k", 0, "gcl.k: expected an integer >= 1, got 0"),
     ("gcl", "loss", "bogus", "gcl.loss: expected one of paper, code, got 'bogus'"),
     ("msn", "max_words", 3, "msn.max_words: expected an integer >= 15, got 3"),
@@ -232,5 +234,7 @@ def test_choices_and_keys_match_the_code():
     assert choices("groups", "negatives") == groups.NEGATIVES
     assert choices("prepare", "persona") == parlai.PERSONA_CHOICES
     assert choices("prepare", "variant") == parlai.VARIANT_CHOICES
+    assert choices("prepare", "duplicates") == parlai.DUPLICATES_CHOICES
+    assert choices("prepare", "no_persona") == parlai.NO_PERSONA_CHOICES
     assert S["prepare"]["max_vocab"].min == len(schema.SPECIALS)
     assert ps.BUNDLED_ENCODER == persona_labels.BUNDLED

@@ -91,11 +91,16 @@ def test_short_responses_are_dropped_and_logged(repo, caplog):
 )
 def test_file_per_split_follows_params(repo, params, name):
     setup_repo(repo, params, corpus=False)
+    persona = {"none": "", "other": "1 partner's persona: i cook.\n", "both": "1 your persona: i run.\n"
+               "2 partner's persona: i cook.\n"}.get(params.get("persona", "self"), "1 your persona: i run.\n")
+    cands = "\t\ta|b" if "_no_cands" not in name else ""  # ParlAI's *_no_cands files have 2 fields
+    n = persona.count("\n") + 1
     for split in SPLITS:
-        (repo / "data/raw" / name.format(split=split)).write_text(f"1 {split} hello\tthe {split} reply\t\ta|b\n")
+        (repo / "data/raw" / name.format(split=split)).write_text(f"{persona}{n} {split} hello\tthe {split} reply"
+                                                                  f"{cands}\n")
     prepare.main()
     rows = pq.read_table(repo / "data/prepared/valid.parquet").to_pylist()
-    assert rows[0]["query"] == "valid hello" and rows[0]["candidates"] == ["a", "b"]
+    assert rows[0]["query"] == "valid hello" and rows[0]["candidates"] == (["a", "b"] if cands else [])
 
 
 def test_falls_back_to_the_other_candidates_form(repo, caplog):
@@ -198,3 +203,167 @@ def test_stage_is_byte_identical_across_runs(tmp_path):
         assert r.returncode == 0, r.stderr
     for name in os.listdir(a / "data/prepared"):
         assert (a / "data/prepared" / name).read_bytes() == (b / "data/prepared" / name).read_bytes(), name
+
+
+# --- suspicious input: named, not swallowed ---------------------------------------------------
+
+FIRST_DIALOGUE_END = "\n1 "  # where the corpus's second dialogue starts
+
+
+def first_dialogue(text: str) -> str:
+    return text[: text.index(FIRST_DIALOGUE_END) + 1]
+
+
+def test_duplicated_dialogue_stops_prepare_by_default(repo):
+    path = repo / "data/raw/train_self_original_no_cands.txt"
+    text = path.read_text()
+    path.write_text(text + first_dialogue(text))
+    with pytest.raises(InputError) as e:
+        prepare.main()
+    line = text.count("\n") + 1
+    assert str(e.value).startswith(f"data/raw/train_self_original_no_cands.txt:{line}: duplicated dialogue: "
+                                   "same persona and utterances as the dialogue at line 1")
+    assert os.listdir(repo / "data") == ["raw"]
+
+
+@pytest.mark.parametrize("policy", ["drop", "keep"])
+def test_duplicates_param_warns_with_the_count(repo, caplog, policy):
+    setup_repo(repo, {"duplicates": policy}, corpus=False)
+    path = repo / "data/raw/train_self_original_no_cands.txt"
+    text = path.read_text()
+    path.write_text(text + first_dialogue(text) * 2)
+    with caplog.at_level(logging.INFO):
+        prepare.main()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "2 of 8 dialogues duplicate an earlier one" in warnings[0], warnings
+    assert f"prepare.duplicates={policy}" in warnings[0]
+    train = pq.read_table(repo / "data/prepared/train.parquet")
+    dialogues = len(set(train.column("dialogue_id").to_pylist()))
+    assert dialogues == (6 if policy == "drop" else 8)
+    assert f"train: read 8 dialogues ({dialogues} kept)" in caplog.text
+
+
+@pytest.mark.parametrize("policy", [None, "drop", "keep"])
+def test_dialogue_without_persona(repo, caplog, policy):
+    if policy:
+        setup_repo(repo, {"no_persona": policy}, corpus=False)
+    path = repo / "data/raw/valid_self_original_no_cands.txt"
+    text = path.read_text()
+    path.write_text(text + "1 hi\thello there\n2 how are you ?\ti am fine thanks\n")
+    line = text.count("\n") + 1
+    if policy is None:  # an error by default, at its first utterance
+        with pytest.raises(InputError) as e:
+            prepare.main()
+        assert str(e.value).startswith(f"data/raw/valid_self_original_no_cands.txt:{line}: dialogue without "
+                                       "persona: no 'your persona:' lines")
+        assert os.listdir(repo / "data") == ["raw"]
+        return
+    with caplog.at_level(logging.INFO):
+        prepare.main()
+    assert (f"valid_self_original_no_cands.txt: 1 of 4 dialogues without persona (prepare.persona=self; the "
+            f"first at line {line})") in caplog.text
+    valid = pq.read_table(repo / "data/prepared/valid.parquet").to_pylist()
+    assert sum(r["persona"] == [] for r in valid) == (0 if policy == "drop" else 2)
+
+
+def test_the_none_variant_needs_no_persona(repo):
+    setup_repo(repo, {"persona": "none"}, corpus=False)
+    for split in SPLITS:
+        (repo / f"data/raw/{split}_none_original_no_cands.txt").write_text("1 hi\thello there\n")
+    prepare.main()
+    assert pq.read_table(repo / "data/prepared/test.parquet").column("persona").to_pylist() == [[]]
+
+
+def test_bad_policy_value(repo):
+    setup_repo(repo, {"duplicates": "warn"}, corpus=False)
+    with pytest.raises(InputError, match="prepare.duplicates: expected one of error, drop, keep, got 'warn'"):
+        prepare.main()
+
+
+# --- as DVC runs it: fetch, then prepare; messages name the user's file, not data/raw ------------
+
+
+def fetch_then_prepare(tmp_path, source: str, params=None):
+    repo = tmp_path / "repo"
+    repo.mkdir(exist_ok=True)
+    (repo / "params.yaml").write_text(yaml.safe_dump({"fetch": {"source": source},
+                                                      "prepare": {**PARAMS, **(params or {})}}))
+    env = {**os.environ, "PIPELINE_NO_PROGRESS": "1"}
+    r = subprocess.run([sys.executable, "-m", "stages.fetch"], cwd=repo, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return repo, run_prepare(repo)
+
+
+def one_error_line(r) -> str:
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.stderr.strip().splitlines()[-1]
+
+
+VALID = "valid_self_original_no_cands.txt"
+
+
+def _suspicious(text: str) -> dict:
+    """case -> (the corrupted valid file, the line named, words of the message)"""
+    n = text.count("\n")
+    lines = text.split("\n")
+    utterance = next(i for i, s in enumerate(lines, 1) if "\t" in s)
+    lines[utterance - 1] += "\t\ta|b"  # the first utterance line with candidates
+    return {
+        "truncated": (text[:-4], n, ["truncated file?", "no newline"]),
+        "duplicated": (text + first_dialogue(text), n + 1, ["duplicated dialogue", "at line 1"]),
+        "no persona": (text + "1 hi\thello there\n", n + 1, ["dialogue without persona"]),
+        "candidates in a no_cands file": ("\n".join(lines), utterance,
+                                          ["4 tab-separated fields", "*_no_cands", "mixed formats"]),
+        "broken numbering": (text + "5 hi\thello\n", n + 1, ["broken numbering"]),
+    }
+
+
+@pytest.mark.parametrize("case", ["truncated", "duplicated", "no persona", "candidates in a no_cands file",
+                                  "broken numbering"])
+def test_stage_names_the_users_file_and_line(tmp_path, case):
+    corpus = write_corpus(tmp_path / "corpus", sizes=(6, 3, 3), seed=1)
+    text = (corpus / VALID).read_text()
+    data, line, words = _suspicious(text)[case]
+    (corpus / VALID).write_text(data)
+    repo, r = fetch_then_prepare(tmp_path, "../corpus")
+    last = one_error_line(r)
+    assert last.startswith(f"error: ../corpus/{VALID}:{line}: "), r.stderr
+    assert all(w in last for w in words), last
+    assert "data/raw" not in last
+    assert sorted(os.listdir(repo / "data")) == ["raw"]  # nothing written
+
+
+def test_stage_names_the_archive_member_and_line(tmp_path):
+    from tests.test_fetch import make_tgz
+
+    corpus = write_corpus(tmp_path / "corpus", sizes=(6, 3, 3), seed=1)
+    text = (corpus / VALID).read_text()
+    data, line, _ = _suspicious(text)["no persona"]
+    members = {f"personachat/{p.name}": p.read_bytes() for p in corpus.iterdir()}
+    members[f"personachat/{VALID}"] = data.encode()
+    make_tgz(tmp_path / "personachat.tgz", members)
+    _, r = fetch_then_prepare(tmp_path, "../personachat.tgz")
+    assert one_error_line(r).startswith(
+        f"error: ../personachat.tgz(personachat/{VALID}):{line}: dialogue without persona: "), r.stderr
+
+
+def test_stage_missing_split_names_the_source(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", sizes=(6, 3, 3), seed=1)
+    os.remove(corpus / VALID)
+    _, r = fetch_then_prepare(tmp_path, "../corpus")
+    assert one_error_line(r) == (f"error: ../corpus: no file {VALID}: missing valid split (params "
+                                 "prepare.persona=self, variant=original, candidates=False)")
+
+
+def test_stage_warnings_name_the_users_file(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", sizes=(6, 3, 3), seed=1)
+    text = (corpus / VALID).read_text()
+    (corpus / VALID).write_text(text + first_dialogue(text))
+    repo, r = fetch_then_prepare(tmp_path, "../corpus", {"duplicates": "drop"})
+    assert r.returncode == 0, r.stderr
+    assert (f"WARNING ../corpus/{VALID}: 1 of 4 dialogues duplicate an earlier one (same persona and "
+            f"utterances; first at line {text.count(chr(10)) + 1}, a copy of line 1): dropped "
+            "(prepare.duplicates=drop)") in r.stderr
+    assert len(set(pq.read_table(repo / "data/prepared/valid.parquet").column("dialogue_id").to_pylist())) == 3
