@@ -62,7 +62,7 @@ def make_project(tmp: Path, corpus_sizes=(24, 8, 8), seed: int = 0, params: dict
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy2(ROOT / name, repo / name)
-    for pkg in ("pipeline", "stages"):
+    for pkg in ("pipeline", "stages", "bin"):  # bin/py: the stages' launcher (no .venv/ here: PATH's python)
         shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     (repo / ".gitignore").write_text("/data/\n/checkpoints/\n__pycache__/\n")
     idf = tmp / "idf.tsv"  # stands in for ../shared's Persona Coverage table
