@@ -3,9 +3,15 @@
     python -m pipeline.chat --model pednet --persona "i have two dogs." --persona "i am a nurse."
 
 ``--model`` is a checkpoint file, a run directory or a run name (``pednet`` ->
-``checkpoints/pednet/best.pt``); every generator loads (seq2seq, gpmn, postks, pednet and
+``checkpoints/pednet/seed1/best.pt``); every generator loads (seq2seq, gpmn, postks, pednet and
 the ``*_gcl`` runs, which are the same model classes), through ``pipeline.train.load_trained``.
 Without ``--persona`` / ``--persona-file`` a model that reads a persona asks for one.
+
+It runs from any directory: run names, ``data/`` and ``params.yaml`` are the project's
+(``find_project``: the first directory from the current one upwards with a ``dvc.yaml`` or a
+``checkpoints/``, else the checkout this module belongs to), and a checkpoint path that does
+not exist from the current directory is tried from the project's. A run name that is not
+trained names the directory it looked in, and the runs trained there.
 
 Each line typed is the partner utterance X; the reply comes from the shared decoder
 (``pipeline.decode``: greedy, or beam search with ``--beam N``). Typed text is brought to
@@ -50,6 +56,7 @@ from pipeline.train import load_trained
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = Path("checkpoints")
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the checkout this module belongs to
 # The `pmi` stage's params, for a checkout without params.yaml.
 PMI_DEFAULTS = {"threshold": 3.5, "max_words": 5, "min_count": 3}
 PERSONA_PREFIX = "your persona:"
@@ -75,10 +82,31 @@ def normalize_persona(text: str) -> str:
     return normalize(tokenize(text), persona=True)
 
 
-def resolve_checkpoint(model: str, checkpoints: Path = CHECKPOINTS, seed: int = 1) -> Path:
+def find_project(start: Path | None = None) -> Path:
+    """The project chat reads: the first directory from ``start`` (the current directory)
+    upwards holding ``dvc.yaml`` or ``checkpoints/``; else the checkout this module belongs to
+    (when it has ``dvc.yaml``: run from anywhere, ``python -m pipeline.chat`` finds its own);
+    else ``start``."""
+    start = (start or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if (d / "dvc.yaml").is_file() or (d / "checkpoints").is_dir():
+            return d
+    return PACKAGE_ROOT if (PACKAGE_ROOT / "dvc.yaml").is_file() else start
+
+
+def project_path(project: Path, name: str) -> Path:
+    """``project/name``, relative when the project is the current directory (shorter messages)."""
+    return Path(name) if project == Path.cwd().resolve() else project / name
+
+
+def resolve_checkpoint(model: str, checkpoints: Path = CHECKPOINTS, seed: int = 1,
+                       project: Path | None = None) -> Path:
     """A checkpoint file, a run directory (its best.pt) or a run name
-    (checkpoints/<name>/seed<seed>/best.pt)."""
+    (checkpoints/<name>/seed<seed>/best.pt). A relative path missing from the current
+    directory is read from ``project`` when it is there."""
     path = Path(model)
+    if project is not None and not path.is_absolute() and not path.exists() and (project / path).exists():
+        path = project / path
     if path.is_dir() and not (path / "best.pt").exists() and (path / f"seed{seed}" / "best.pt").exists():
         path = path / f"seed{seed}"  # a run directory: its seed's checkpoint
     if path.is_dir():
@@ -89,8 +117,12 @@ def resolve_checkpoint(model: str, checkpoints: Path = CHECKPOINTS, seed: int = 
         return path
     run = checkpoints / model / f"seed{seed}" / "best.pt"
     if not run.exists():
+        where = checkpoints.resolve()
+        if not checkpoints.is_dir():
+            raise InputError(run, f"no trained model {model!r}: looked in {where}, which does not exist "
+                                  "(run `dvc repro`, or give --model a checkpoint file)")
         known = sorted(f"{p.parent.parent.name} ({p.parent.name})" for p in checkpoints.glob("*/seed*/best.pt"))
-        raise InputError(run, f"no trained model {model!r} (trained: {', '.join(known) or 'none'})")
+        raise InputError(run, f"no trained model {model!r} in {where} (trained: {', '.join(known) or 'none'})")
     return run
 
 
@@ -320,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam", type=int, default=1, metavar="N", help="beam size (1 = greedy, the default)")
     parser.add_argument("--max-len", type=int, default=30, help="response tokens at most")
     parser.add_argument("--length-penalty", type=float, default=0.0, help="beam: rank by score / length^alpha")
-    parser.add_argument("--data", type=Path, default=Path("data"),
-                        help="data directory the model was trained on (prepared/vocab.parquet, prepared/train.parquet)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="for the `pmi` section")
+    parser.add_argument("--data", type=Path,
+                        help="data directory the model was trained on (prepared/vocab.parquet, prepared/train.parquet; "
+                             "default: the project's data/)")
+    parser.add_argument("--params", type=Path, help="for the `pmi` section (default: the project's params.yaml)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--verbose", action="store_true", help="log what is loaded")
     args = parser.parse_args(argv)
@@ -333,7 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("--device", "cuda requested but CUDA is not available")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
 
-    checkpoint = resolve_checkpoint(args.model, seed=args.seed)
+    project = find_project()
+    args.data = args.data or project_path(project, "data")
+    args.params = args.params or project_path(project, "params.yaml")
+    checkpoint = resolve_checkpoint(args.model, project_path(project, "checkpoints"), args.seed, project)
     vocab_path = args.data / "prepared" / "vocab.parquet"
     if not vocab_path.exists():
         raise InputError(vocab_path, "missing: the vocabulary the model was trained with (run the prepare "

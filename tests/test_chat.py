@@ -13,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pipeline import chat as chat_module
 from pipeline import schema
 from pipeline.chat import (
     Chat,
     SpecificWords,
+    find_project,
     main,
     normalize_persona,
     normalize_utterance,
@@ -134,16 +136,58 @@ def test_run_name_and_seed_resolve_to_the_seed_directory(tmp_path):
     seed2 = tmp_path / "seq2seq" / "seed2"
     assert resolve_checkpoint(str(seed2), tmp_path, seed=1) == seed2 / "best.pt"
     assert resolve_checkpoint(str(seed2 / "best.pt"), tmp_path, seed=3) == seed2 / "best.pt"
-    with pytest.raises(InputError, match=r"no trained model 'pednet' \(trained: pednet \(seed3\), "
-                                         r"seq2seq \(seed1\), seq2seq \(seed2\)\)"):
+    with pytest.raises(InputError, match=rf"no trained model 'pednet' in {tmp_path.resolve()} \(trained: "
+                                         r"pednet \(seed3\), seq2seq \(seed1\), seq2seq \(seed2\)\)"):
         resolve_checkpoint("pednet", tmp_path)
+    with pytest.raises(InputError, match=rf"looked in {tmp_path.resolve() / 'none'}, which does not exist"):
+        resolve_checkpoint("pednet", tmp_path / "none")
 
 
 def test_missing_seed_of_a_run_exits_2_with_one_line(root):
     out = chat(root, "--model", "seq2seq", "--seed", "2")
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.startswith("error: checkpoints/seq2seq/seed2/best.pt: no trained model 'seq2seq' (trained: ")
+    assert out.stderr.startswith("error: checkpoints/seq2seq/seed2/best.pt: no trained model 'seq2seq' in "
+                                 f"{root / 'checkpoints'} (trained: ")
     assert "seq2seq (seed1)" in out.stderr and out.stderr.count("\n") == 1
+
+
+# -- from any directory -----------------------------------------------------------------
+def test_chat_from_a_subdirectory_finds_the_projects_checkpoints_and_data(root):
+    deep = root / "reports" / "deep"
+    deep.mkdir(parents=True, exist_ok=True)
+    for model in ("seq2seq", "checkpoints/seq2seq/seed1/best.pt"):  # a run name; a path from the project root
+        out = chat(deep, "--model", model, stdin="Do you have pets?\n/quit\n")
+        assert out.returncode == 0, out.stderr
+        assert f"from {root / 'checkpoints' / 'seq2seq' / 'seed1' / 'best.pt'} on cpu" in out.stdout
+        assert len(replies(out.stdout)) == 1
+
+
+def test_chat_outside_any_project_says_where_it_looked(tmp_path):
+    """No dvc.yaml or checkpoints/ above the current directory: this checkout's checkpoints/,
+    and an untrained run name names that directory in one line."""
+    out = chat(tmp_path, "--model", "no_such_run")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    looked = REPO / "checkpoints"
+    assert out.stderr.startswith(f"error: {looked / 'no_such_run' / 'seed1' / 'best.pt'}: no trained model "
+                                 "'no_such_run'")
+    assert f" in {looked} (trained: " in out.stderr or f"looked in {looked}, which does not exist" in out.stderr
+
+
+def test_find_project(tmp_path, monkeypatch):
+    (tmp_path / "proj" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "proj" / "dvc.yaml").write_text("stages: {}\n")
+    assert find_project(tmp_path / "proj" / "a" / "b") == tmp_path / "proj"
+    (tmp_path / "copied_run" / "checkpoints" / "pednet").mkdir(parents=True)  # a run directory, no dvc.yaml
+    assert find_project(tmp_path / "copied_run" / "checkpoints" / "pednet") == tmp_path / "copied_run"
+    monkeypatch.chdir(tmp_path / "proj" / "a")
+    assert find_project() == tmp_path / "proj"
+    # nowhere inside a project: this module's checkout, or (not a checkout) the start itself
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setattr(chat_module, "PACKAGE_ROOT", tmp_path / "proj")
+    assert find_project(tmp_path / "elsewhere") == tmp_path / "proj"
+    monkeypatch.setattr(chat_module, "PACKAGE_ROOT", tmp_path / "copied_run")
+    assert find_project(tmp_path / "elsewhere") == tmp_path / "elsewhere"
 
 
 def test_bad_checkpoint_exits_2_with_one_line(root):
@@ -222,8 +266,8 @@ def test_error_messages(root, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(root)
     ck = load_checkpoint(root / "checkpoints" / "seq2seq" / "seed1" / "best.pt")
 
-    assert ("no trained model 'transformer' (trained: gpmn (seed1), pednet (seed1), postks (seed1), "
-            "seq2seq (seed1))") in _fails(capsys, "--model", "transformer")
+    assert (f"no trained model 'transformer' in {root / 'checkpoints'} (trained: gpmn (seed1), pednet (seed1), "
+            "postks (seed1), seq2seq (seed1))") in _fails(capsys, "--model", "transformer")
     (tmp_path / "empty").mkdir()
     assert "directory without a best.pt" in _fails(capsys, "--model", str(tmp_path / "empty"))
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
