@@ -304,10 +304,11 @@ RUNS = ("seq2seq", "gpmn", "postks", "pednet", "seq2seq_history", "seq2seq_histo
 GCL_RUNS = ("seq2seq_history_gcl", "pednet_gcl")
 
 
-def is_run(section: str) -> bool:
-    """A run section: one of RUNS, or a GCL variant ``<gcl run>_<variant>`` (an ablation,
-    ``train_gcl --run``)."""
-    return section in RUNS or any(section.startswith(f"{run}_") for run in GCL_RUNS)
+def is_run(section: str, values: Any = None) -> bool:
+    """A run section: one of RUNS, a GCL variant ``<gcl run>_<variant>`` (an ablation,
+    ``train_gcl --run``), or any section whose ``model`` key names an architecture."""
+    named = isinstance(values, Mapping) and values.get("model") in MODELS
+    return section in RUNS or named or any(section.startswith(f"{run}_") for run in GCL_RUNS)
 RUN_KEYS: dict[str, Spec] = {"model": Choice(*MODELS), "reference": Str(),
                              "train": Section("train"), "gcl": Section("gcl")}
 
@@ -369,7 +370,7 @@ def validate(section: str, values: Any) -> None:
         validate_seeds(values)
     elif section in SCHEMA:
         _check(section, values, SCHEMA[section], section)
-    elif is_run(section):
+    elif is_run(section, values):
         validate_run(section, values)
 
 
@@ -390,5 +391,5 @@ def validate_all(params: Mapping) -> None:
     if not isinstance(params, Mapping):
         raise InputError(PARAMS, f"expected a mapping of sections, got {_show(params)}")
     for section, values in params.items():
-        if section == "seeds" or section in SCHEMA or is_run(section):
+        if section == "seeds" or section in SCHEMA or is_run(section, values):
             validate(section, values)
