@@ -36,6 +36,7 @@ BAD = {
     "seq2seq_history": (("max_context_tokens", "120"), ("context", "dialogue"), "history"),
     "pednet": (("select_none", "false"), ("k", 0), "kk"),
     "pednet_pmi_probe": (("gamma", "0.5"), ("hops", 0), "hop"),
+    "pednet_probe_separate": (("persona_encoder", 1), ("k", 0), "encoder"),
     "msn": (("channels", 8), ("max_words", 3), "layers"),
     "matcher": (("symmetric", "yes"), ("bm25_b", 1.5), "pooling"),
     "score_groups": (("max_pairs", "512"), ("scorer", "tfidf"), "batch_size"),
