@@ -210,7 +210,8 @@ class GCLConfig:
     anneal: bool = False  # code: (1 − w) NLL + w CL with w(t) = anneal_weight(t)
     anneal_center: float = 3500.0
     anneal_width: float = 1000.0
-    mle_weight: float = 0.0  # without annealing: CL + mle_weight * NLL (0 = Eq. 4 alone)
+    mle_weight: float = 0.0  # without annealing: cl_weight * CL + mle_weight * NLL (0 = Eq. 4 alone)
+    cl_weight: float = 1.0  # 0: the control, MLE fine-tuning alone on the same schedule (no group pairs run)
     init: str = "reference"  # reference (start from the MLE model) | scratch
     mle_warmup_steps: int = 0  # MLE-only steps before contrastive training (code: 5000 from scratch)
     # Ablations (GCL Table 5)
@@ -236,8 +237,10 @@ class GCLConfig:
             raise ValueError("gcl: context_side and response_side cannot both be off")
         if self.k < 1 or self.draws < 1:
             raise ValueError("gcl.k and gcl.draws must be >= 1")
-        if self.mle_weight < 0 or self.mle_warmup_steps < 0 or self.anneal_width <= 0:
-            raise ValueError("gcl.mle_weight and gcl.mle_warmup_steps must be >= 0, gcl.anneal_width > 0")
+        if self.mle_weight < 0 or self.mle_warmup_steps < 0 or self.anneal_width <= 0 or self.cl_weight < 0:
+            raise ValueError("gcl.mle_weight, gcl.cl_weight and gcl.mle_warmup_steps must be >= 0, gcl.anneal_width > 0")
+        if self.cl_weight == 0 and (self.anneal or self.mle_weight == 0):
+            raise ValueError("gcl.cl_weight 0 (the MLE-only control) needs gcl.mle_weight > 0 and anneal false")
 
     @classmethod
     def from_params(cls, params: dict) -> GCLConfig:
@@ -430,8 +433,9 @@ class GroupContrastive:
 
     def __call__(self, model, batch: Batch, epoch: int = 0, step: int = 0, **ctx) -> dict:
         cfg = self.cfg
-        if step < cfg.mle_warmup_steps:
-            return model(batch, method="loss", epoch=epoch, step=step)
+        if step < cfg.mle_warmup_steps or cfg.cl_weight == 0:  # warm-up, or the MLE-only control
+            out = model(batch, method="loss", epoch=epoch, step=step)
+            return {**out, "loss": cfg.mle_weight * out["loss"]} if cfg.cl_weight == 0 else out
         rows = batch.index.tolist()
         pairs, _, weight = self.step_pairs(rows, step - cfg.mle_warmup_steps)
         cl, d, positive, pb = self._cl(model, pairs, weight, self.dataset, batch.response.device)
@@ -442,7 +446,7 @@ class GroupContrastive:
         if w is not None or cfg.mle_weight:
             mle = model(batch, method="loss", epoch=epoch, step=step)["loss"]
             out["mle_loss"] = mle.detach()
-            out["loss"] = (1 - w) * mle + w * cl if w is not None else cl + cfg.mle_weight * mle
+            out["loss"] = (1 - w) * mle + w * cl if w is not None else cfg.cl_weight * cl + cfg.mle_weight * mle
         else:
             out["loss"] = cl
         return out

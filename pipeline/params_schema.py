@@ -267,7 +267,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "reference_scores": {"batch_size": Int(min=1)},
     "gcl": {
         "k": Int(min=1), "loss": Choice("paper", "code"), "sampling": Choice("group", "draws"), "draws": Int(min=1),
-        "anneal": Bool(), "anneal_center": Float(), "anneal_width": Float(gt=0), "mle_weight": Float(min=0),
+        "anneal": Bool(), "anneal_center": Float(), "anneal_width": Float(gt=0), "mle_weight": Float(min=0), "cl_weight": Float(min=0),
         "init": Choice("reference", "scratch"), "mle_warmup_steps": Int(min=0), "group_wise": Bool(),
         "positive_groups": Bool(), "negative_groups": Bool(), "context_side": Bool(), "response_side": Bool(),
         "matching_scores": Bool(), "score_dropout": Bool(), "seed": Int(min=0),

@@ -394,6 +394,20 @@ def test_objective_eq4_plus_mle_anchor_by_hand(train_ds):
         GCLConfig(mle_weight=-1)
 
 
+def test_cl_weight_zero_is_mle_fine_tuning_alone(train_ds):
+    model = FakeModel()
+    calls = model.calls
+    out = objective(train_ds, LN3, mle_weight=0.5, cl_weight=0.0)(model, train_ds.collate([0]))
+    assert out["loss"].item() == 0.5 * 2.0 and "cl_loss" not in out
+    assert model.calls == calls  # no group pair scored (calls counts sequence_log_prob)
+    half = objective(train_ds, LN3, mle_weight=0.5, cl_weight=0.5)(FakeModel(), train_ds.collate([0]))
+    assert half["loss"].item() == pytest.approx(0.5 * 1.562405 + 0.5 * 2.0, abs=1e-5)
+    with pytest.raises(ValueError, match="cl_weight 0 .* needs gcl.mle_weight > 0"):
+        GCLConfig(cl_weight=0.0, mle_weight=0.0)
+    with pytest.raises(ValueError, match="cl_weight"):
+        GCLConfig(cl_weight=-1.0)
+
+
 # -- the stages end to end on the tiny corpus --------------------------------------------
 def fake_groups(prepared: pa.Table) -> pa.Table:
     """data/groups stand-in: 6 candidates per row (the next rows), empty for opening turns."""
