@@ -54,13 +54,17 @@ GCL_ABLATIONS = (
     ("seq2seq_history_gcl_no_context_side", "(e) w/o context-side sampling"),
     ("seq2seq_history_gcl_no_matching_scores", "(f) w/o matching scores"),
 )
+# The control every GCL effect must beat: the same fine-tune with the contrastive term off
+GCL_CONTROL = ("seq2seq_history_gcl_mle_only", "Control: same fine-tune, MLE alone (no CL)")
 # GCL Figure 3's group sizes: k = 3 is the default run; k > 3 needs groups selected at a larger k
 GCL_GROUP_SIZES: tuple[tuple[int, str | None], ...] = (
     (1, "seq2seq_history_gcl_k1"), (2, "seq2seq_history_gcl_k2"), (3, GCL_FULL), (4, None), (5, None),
 )  # fmt: skip
 LAST = "_last"  # the run of a GCL training's final step (stages.generate --checkpoint last)
 DISPLAY.update(
-    {run: f"Seq2Seq (multi-turn) + GCL {label}" for run, label in GCL_ABLATIONS[1:]}
+    {GCL_CONTROL[0]: "Seq2Seq (multi-turn), MLE fine-tune (GCL's control)",
+     GCL_CONTROL[0] + "_last": "Seq2Seq (multi-turn), MLE fine-tune (GCL's control), last step"}
+    | {run: f"Seq2Seq (multi-turn) + GCL {label}" for run, label in GCL_ABLATIONS[1:]}
     | {run + LAST: f"Seq2Seq (multi-turn) + GCL {label}, last step" for run, label in GCL_ABLATIONS[1:]}
     | {run: f"Seq2Seq (multi-turn) + GCL, k = {k}" for k, run in GCL_GROUP_SIZES if run and run != GCL_FULL}
     | {run + LAST: f"Seq2Seq (multi-turn) + GCL, k = {k}, last step"
@@ -475,7 +479,7 @@ PerSeed = Mapping[str, Mapping[int, Mapping[str, float]]]  # run -> training see
 
 def gcl_ablation_runs() -> list[str]:
     """Every run reports/gcl_ablations.md reads: the MLE baseline, then each GCL run and its last step."""
-    gcl = [run for run, _ in GCL_ABLATIONS] + [r for _, r in GCL_GROUP_SIZES if r and r != GCL_FULL]
+    gcl = [run for run, _ in GCL_ABLATIONS] + [GCL_CONTROL[0]] + [r for _, r in GCL_GROUP_SIZES if r and r != GCL_FULL]
     return [GCL_BASELINE] + [r + suffix for r in gcl for suffix in ("", LAST)]
 
 
@@ -509,6 +513,8 @@ def gcl_table5(per_seed: PerSeed) -> str:
         printed = paper.GCL_TABLE5[run]
         rows.append([label, f"`{run}`", printed["distinct_2"], printed["bleu_1"]]
                     + _run_cells(per_seed, run) + _run_cells(per_seed, run + LAST))  # fmt: skip
+    run, label = GCL_CONTROL  # not in the paper
+    rows.append([label, f"`{run}`", "—", "—"] + _run_cells(per_seed, run) + _run_cells(per_seed, run + LAST))
     printed = paper.GCL_TABLE2A[GCL_BASELINE]
     baseline = _run_cells(per_seed, GCL_BASELINE)  # one checkpoint: in both groups
     rows.append(["MLE baseline (no GCL)", f"`{GCL_BASELINE}`", printed["distinct_2"], printed["bleu_1"]]
@@ -557,7 +563,7 @@ def _paper_delta(run: str, key: str) -> str:
 def gcl_paired_table(per_seed: PerSeed) -> str:
     """Each ablation, group size and the MLE baseline against full GCL, seed by seed:
     the mean difference in percentage points and its t 95% CI, at both checkpoints."""
-    compared = [(run, label) for run, label in GCL_ABLATIONS[1:]]
+    compared = [(run, label) for run, label in GCL_ABLATIONS[1:]] + [GCL_CONTROL]
     compared += [(run, f"k = {k} (Figure 3)") for k, run in GCL_GROUP_SIZES if run and run != GCL_FULL]
     compared.append((GCL_BASELINE, "MLE baseline (no GCL)"))
     header = (["Row"] + [f"Paper Δ {name}" for name, _, _ in PAIRED_COLUMNS]
@@ -656,6 +662,10 @@ def render_gcl_ablations(per_seed: PerSeed, seeds: Sequence[int], plot_name: str
         "(params.yaml): (a) one positive (the original pair) and one negative (the worst candidate); "
         "(b) the original pair as the only positive; (c) no negatives; (d) context-side groups only; "
         "(e) response-side groups only; (f) s = +1 / −1 instead of the matcher's matching degrees. "
+        "*Control* (`seq2seq_history_gcl_mle_only`, `gcl.cl_weight: 0`) is the same fine-tune with the "
+        "contrastive term off: continued MLE training with GCL's steps, LR and checkpoint selection, so "
+        "an effect of GCL is one that beats it, not only the MLE baseline. When the selected checkpoint "
+        "is step 0 the run's selected row equals its MLE reference (Δ exactly 0 on that seed). "
         "*MLE baseline* is `seq2seq_history`, the reference every GCL run starts from and is scored "
         "against. Each GCL training has two checkpoints: the one selected on validation CL + 0.5 NLL "
         "(run `<run>`, the columns without prefix) and its final step (run `<run>_last`, the *Last:* "
