@@ -40,14 +40,19 @@ OPTIONS = {
 }
 
 
-def read_authors(path: Path) -> dict[tuple[str, str], set[str]]:
-    """(query, response) -> the set of words the authors mark as specific."""
-    out: dict[tuple[str, str], set[str]] = {}
+def author_lines(path: Path):
+    """(line number, [query, response, candidates, label, positions]) of an authors' file."""
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         fields = line.split("\t")
         if len(fields) != 5:
             raise InputError(path, f"line {n}: expected 5 tab-separated fields, got {len(fields)}")
-        query, response, _, _, positions = fields
+        yield n, fields
+
+
+def read_authors(path: Path) -> dict[tuple[str, str], set[str]]:
+    """(query, response) -> the set of words the authors mark as specific."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for n, (query, response, _, _, positions) in author_lines(path):
         tokens = query.split()
         try:
             idx = [int(i) for i in positions.split()]

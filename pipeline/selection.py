@@ -36,6 +36,7 @@ import numpy as np
 
 from pipeline import persona_labels as pl
 from pipeline.io import InputError, atomic_path, load_params, read_parquet, run_stage, write_json
+from pipeline.pmi_calibration import author_lines
 from pipeline.stats import summarize
 from pipeline.text import content_words
 
@@ -96,11 +97,7 @@ def agreement(a: list[int | None], b: list[int | None]) -> dict:
 def read_author_labels(path: Path) -> dict[tuple[str, str], str | None]:
     """(query, response) -> the authors' optimal persona sentence (None: their None slot)."""
     out: dict[tuple[str, str], str | None] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        fields = line.split("\t")
-        if len(fields) != 5:
-            raise InputError(path, f"line {n}: expected 5 tab-separated fields, got {len(fields)}")
-        query, response, candidates, label = fields[:4]
+    for n, (query, response, candidates, label, _) in author_lines(path):
         slots = candidates.split("**")
         try:
             i = int(label)
