@@ -51,7 +51,6 @@ from pipeline.dataset import (
     shard,
 )
 from pipeline.io import InputError, atomic_path, progress, write_json
-from pipeline.metrics import load_idf
 from pipeline.models import Generator, ModelContext, build_model, get_model_class, model_params, perplexity
 from pipeline.models.layers import load_embedding_matrix
 from pipeline.params_schema import validate as validate_params
@@ -399,8 +398,7 @@ def train(
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     idf_path = data_dir / "persona_idf" / "idf.tsv"  # the fetch stage's copy (GPMN's idf: table)
-    idf_table = load_idf(idf_path) if idf_path.exists() else None
-    model: Generator = build_model(model_name, mparams, ModelContext.from_vocab(vocab, emb, train_ds, idf_table)).to(device)
+    model: Generator = build_model(model_name, mparams, ModelContext.from_vocab(vocab, emb, train_ds, idf_path)).to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
                                                            patience=cfg.lr_patience, min_lr=cfg.lr_floor)

@@ -278,7 +278,7 @@ def test_collate_pairs_swaps_only_the_response(data_dir, vocab):
         ds.collate_pairs([0], [1, 2])
 
 
-def test_gpmn_idf_table_weights_by_the_table_and_missing_words_by_idf_missing(data_dir, vocab):
+def test_gpmn_idf_table_weights_by_the_table_and_missing_words_by_idf_missing(data_dir, vocab, tmp_path):
     from pipeline.models.gpmn import table_idf
 
     idf = table_idf({"pizza": 5.0, "i": 0.1}, vocab, len(vocab), missing=0.5)
@@ -288,5 +288,9 @@ def test_gpmn_idf_table_weights_by_the_table_and_missing_words_by_idf_missing(da
     train = make_model("seq2seq", data_dir, vocab)[1]
     with pytest.raises(ValueError, match="gpmn.idf: table needs data/persona_idf/idf.tsv"):
         build_model("gpmn", params, ModelContext.from_vocab(vocab, None, train))
-    model = build_model("gpmn", params, ModelContext.from_vocab(vocab, None, train, {"pizza": 5.0}))
+    table = tmp_path / "idf.tsv"
+    table.write_text("pizza\t5.0\n")
+    model = build_model("gpmn", params, ModelContext.from_vocab(vocab, None, train, table))
     assert model.idf[vocab.stoi["pizza"]] == 5.0 and model.idf[vocab.stoi["guitar"]] == pytest.approx(0.58829)
+    with pytest.raises(InputError, match="cannot read idf table"):
+        build_model("gpmn", params, ModelContext.from_vocab(vocab, None, train, tmp_path / "missing.tsv"))

@@ -108,11 +108,11 @@ class ModelContext:
     eos: int = 3
     embeddings: np.ndarray | None = None  # [V, E] initial word vectors (None: random / from a checkpoint)
     train_data: Any = None  # pipeline.dataset.DialogueDataset of the training split (e.g. GPMN's idf)
-    idf_table: dict[str, float] | None = None  # data/persona_idf/idf.tsv, when the project has it (GPMN)
+    idf_path: Any = None  # data/persona_idf/idf.tsv of the project (GPMN's idf: table reads it)
 
     @classmethod
-    def from_vocab(cls, vocab, embeddings=None, train_data=None, idf_table=None) -> ModelContext:
-        return cls(len(vocab), vocab.pad, vocab.unk, vocab.bos, vocab.eos, embeddings, train_data, idf_table)
+    def from_vocab(cls, vocab, embeddings=None, train_data=None, idf_path=None) -> ModelContext:
+        return cls(len(vocab), vocab.pad, vocab.unk, vocab.bos, vocab.eos, embeddings, train_data, idf_path)
 
 
 class Generator(nn.Module):

@@ -21,6 +21,7 @@ from collections import Counter
 import torch
 
 from pipeline.dataset import PERSONA, Batch
+from pipeline.metrics import load_idf
 from pipeline.models import ModelContext, State, register
 from pipeline.models.layers import Attention
 from pipeline.models.seq2seq import Seq2Seq
@@ -66,11 +67,11 @@ class GPMN(Seq2Seq):
             vocab = ctx.train_data.vocab
             if self.params["idf"] == "persona":
                 idf = persona_idf(ctx.train_data.texts["persona"], vocab, ctx.vocab_size)
-            elif ctx.idf_table is None:
+            elif ctx.idf_path is None:
                 raise ValueError("gpmn.idf: table needs data/persona_idf/idf.tsv (the fetch stage); "
                                  "or set gpmn.idf: persona")
-            else:
-                idf = table_idf(ctx.idf_table, vocab, ctx.vocab_size, self.params["idf_missing"])
+            else:  # a missing or malformed table is an InputError naming the file
+                idf = table_idf(load_idf(ctx.idf_path), vocab, ctx.vocab_size, self.params["idf_missing"])
         self.register_buffer("idf", idf)
 
     def extra_context_sizes(self) -> list[int]:
