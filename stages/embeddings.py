@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # as a stage, before NumPy/torch load: bytes independent of the CPU
+    from pipeline.portable import pin
+
+    pin()
+
 import logging
 
 from pipeline.embeddings import align, load_pretrained, to_table, train_word2vec
