@@ -63,6 +63,17 @@ def test_outputs_are_byte_identical_when_forced(built):
     assert digests(built) == before
 
 
+def test_outputs_are_byte_identical_across_threads_and_cpu_kernels(built):
+    """Every preprocessing output, under 2 threads and with the BLAS/ATen kernels an AVX-512
+    Intel machine would pick, is byte for byte the 1-thread native run (pipeline/portable.py:
+    without the pin, Word2Vec and the labeller's cosines change with the kernels)."""
+    before = digests(built)
+    other_machine = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2",
+                     "OPENBLAS_CORETYPE": "SkylakeX", "ATEN_CPU_CAPABILITY": "avx512"}
+    run(["dvc", "repro", "--force", *PREPROCESSING], built, extra_env=other_machine)
+    assert digests(built) == before
+
+
 def test_changing_a_stage_param_reruns_only_downstream(built):
     set_params(built, {"congeneric": {"k_max": 5}})
     out = repro(built).stdout
