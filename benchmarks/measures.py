@@ -209,7 +209,7 @@ def precision_parity(model_name: str = "seq2seq", seed: int = 1) -> tuple[dict, 
     )
 
 
-def gcl_vs_mle(model_name: str = "seq2seq", rounds: int = 3, steps: int = 6) -> tuple[dict, dict]:
+def gcl_vs_mle(model_name: str = "seq2seq_history", rounds: int = 3, steps: int = 6) -> tuple[dict, dict]:
     """Target tokens/s of contrastive (cached reference scores) vs MLE training of the same
     model from its trained reference, at each run's own batch size. Blocks of the two
     alternate so that outside load hits both alike; the ratio is of the medians. Target

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from pipeline.dataset import Batch, DialogueDataset
 from pipeline.io import InputError, progress
+from pipeline.models import Generator
 from pipeline.params_schema import validate as validate_params
 from pipeline.schema import REFERENCE_SCORES, SCORED_GROUPS
 
@@ -316,6 +317,16 @@ def check_aligned(groups: pa.Table, reference: pa.Table, n_train: int, where: st
             raise InputError(where, f"{kind} pairs of groups and reference scores differ in number")
 
 
+def shares_contexts(model) -> bool:
+    """Whether log p(r | c) may reuse one encoding of c across responses: the model scores
+    with the interface's ``sequence_log_prob`` (encode, then teacher-forced decode)."""
+    return getattr(type(unwrap(model)), "sequence_log_prob", None) is Generator.sequence_log_prob
+
+
+def unwrap(model):
+    return getattr(model, "module", model)  # DistributedDataParallel's wrapped model
+
+
 def pair_batch(dataset: DialogueDataset, context_rows: list[int], response_rows: list[int]) -> Batch:
     """ONE padded batch of (context row, response row) pairs: every input of the context
     row (query, persona, congeneric contexts, ...) with the response of the response row."""
@@ -411,22 +422,36 @@ class GroupContrastive:
         terms = paper_terms(d, s, positive) if self.cfg.loss == "paper" else code_terms(d, s)
         return (terms * weight).sum()
 
-    def _log_p(self, model, pb: Batch) -> torch.Tensor:
+    def _log_p(self, model, pb: Batch, contexts: Batch | None = None, inverse: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """log p_m(r | c) of every pair, with dropout off unless ``score_dropout`` (the cached
-        reference was scored in eval mode); gradients flow either way."""
+        reference was scored in eval mode); gradients flow either way.
+
+        ``contexts``/``inverse``: the pairs' distinct contexts and pair -> context index. In
+        eval mode the encoder reads the context only (PostKS's posterior reads the response
+        in training mode alone), so each distinct context is encoded once and its state
+        expanded to its pairs: an example's response-side pairs and the original pair share
+        its context, 7 of its 13 pairs at k = 3."""
         was = model.training
         if not self.cfg.score_dropout:
             model.eval()
         try:
-            return model(pb, method="sequence_log_prob").float()
+            if contexts is None or model.training or not shares_contexts(model):
+                return model(pb, method="sequence_log_prob").float()
+            state = unwrap(model).reorder_state(model(contexts, method="encode"), inverse)
+            return -model(pb, method="token_nll", state=state).sum(1).float()
         finally:
             model.train(was)
 
     def _cl(self, model, pairs: list[Pair], weight: list[float], dataset: DialogueDataset,
             device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Batch]:
-        pb = pair_batch(dataset, [p.context_row for p in pairs], [p.response_row for p in pairs]).to(device)
+        context_rows = [p.context_row for p in pairs]
+        pb = pair_batch(dataset, context_rows, [p.response_row for p in pairs]).to(device)
+        distinct, inverse = np.unique(np.asarray(context_rows), return_inverse=True)
+        contexts = dataset.collate(distinct.tolist()).to(device)
+        inverse = torch.as_tensor(inverse.reshape(-1), device=device)
         f32 = dict(dtype=torch.float32, device=device)
-        d = self._log_p(model, pb) - torch.tensor([p.reference for p in pairs], **f32)
+        d = self._log_p(model, pb, contexts, inverse) - torch.tensor([p.reference for p in pairs], **f32)
         s = torch.tensor([p.s for p in pairs], **f32)
         positive = torch.tensor([p.positive for p in pairs], device=device)
         return self.contrastive_loss(d, s, positive, torch.tensor(weight, **f32)), d, positive, pb

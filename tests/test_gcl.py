@@ -30,7 +30,7 @@ from pipeline.io import InputError
 from pipeline.models import ModelContext, build_model, model_params
 from pipeline.models.layers import load_embedding_matrix
 from pipeline.schema import GROUPS, REFERENCE_SCORES, SCORED_GROUPS
-from tests.model_inputs import tiny_params, write_model_inputs
+from tests.model_inputs import build_tiny, tiny_params, write_model_inputs
 
 torch.set_num_threads(1)
 LN2, LN3 = math.log(2), math.log(3)  # σ(ln 3) = 0.75
@@ -511,3 +511,32 @@ def test_gcl_stages_end_to_end(tmp_path, data_dir, monkeypatch, caplog):
     generate.main(["seq2seq_history_gcl", "--seed", "1", "--checkpoint", "last"])  # stage generate_last
     assert pq.read_table("reports/generations/seq2seq_history_gcl_last/seed1.parquet").num_rows == \
         pq.read_table("data/prepared/test.parquet").num_rows
+
+
+@pytest.mark.parametrize("name", ["seq2seq", "gpmn", "postks", "pednet"])
+def test_shared_context_encoding_equals_per_pair_scoring(name, data_dir, train_ds):
+    """The step encodes each distinct context once (an example's response-side pairs share
+    it): log p and its gradients equal scoring every pair from scratch."""
+    params = model_params(tiny_params(pednet={"k": 2}, gpmn={"idf": "persona"}), name)
+    model, ds = build_tiny(name, params, data_dir, train_ds.vocab)
+    groups = select_groups(groups_table(len(ds)), k=2)
+    obj = GroupContrastive(GCLConfig(k=2), groups, reference_log_probs(model, ds, groups), ds)
+    pairs, _, _ = obj.step_pairs([0, 2, 3], 0)
+    ctx = [p.context_row for p in pairs]
+    assert len(set(ctx)) < len(ctx)  # some contexts are shared
+    pb = pair_batch(ds, ctx, [p.response_row for p in pairs])
+    distinct, inverse = np.unique(ctx, return_inverse=True)
+    model.train()
+    grads = []
+    for shared in (False, True):
+        model.zero_grad()
+        args = (ds.collate(distinct.tolist()), torch.as_tensor(inverse)) if shared else ()
+        lp = obj._log_p(model, pb, *args)
+        lp.sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+        if not shared:
+            per_pair = lp.detach()
+    np.testing.assert_allclose(lp.detach().numpy(), per_pair.numpy(), rtol=1e-5, atol=1e-4)
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
