@@ -22,15 +22,14 @@ list is 10 (the paper: 200), for the CPU budget. The combined models never train
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from pipeline.dataset import Batch
-from pipeline.io import InputError
 from pipeline.models import Generator, State
-from pipeline.params_schema import validate as validate_params
+from pipeline.params_schema import config_from
 
 MODES = ("bidi", "antilm")
 
@@ -51,11 +50,7 @@ class MMIConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> MMIConfig:
-        validate_params("mmi", params)
-        known = {f.name for f in fields(cls)}
-        if unknown := sorted(set(params) - known):
-            raise InputError("params.yaml", f"mmi.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
-        return cls(**params)
+        return config_from(cls, "mmi", params)
 
 
 def _prefixed(state: State, prefix: str) -> State:

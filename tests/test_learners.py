@@ -93,7 +93,7 @@ def test_cvae_validation_is_the_negative_elbo_and_decoding_is_deterministic(data
     out = model.loss(batch)
     state, terms = model.encode_latent(batch, posterior=True)
     nll = float(model.token_nll(batch, state).sum().detach())
-    assert float(out["nll_sum"]) == pytest.approx(nll + float(terms["kl"].sum()), rel=1e-5)
+    assert float(out["nll_sum"]) == pytest.approx(nll + float(terms["kl"].sum().detach()), rel=1e-5)
     a = greedy(model, batch, 8).tokens
     assert torch.equal(greedy(model, batch, 8).tokens, a)
     b = greedy(model, ds.collate([3, 4, 5]), 8).tokens  # row noise depends on the row, not the batch
@@ -253,3 +253,142 @@ def test_mmi_models_decode_through_generate_rows(data_dir, vocab):
     assert generate_rows(AntiLM(forward, lm, 0.5, 3), ds, max_len=6)[0]["example_id"] == rows[0]["example_id"]
     with pytest.raises(ValueError, match="mode"):
         MMIConfig(mode="both")
+
+
+# -- DeepRL ------------------------------------------------------------------------------
+def rl_setup(data_dir, vocab, **cfg):
+    from pipeline.rl import DeepRL, DeepRLConfig
+
+    scorer, ds = make("seq2seq", data_dir, vocab, seed=1)
+    backward, _ = make("seq2seq_backward", data_dir, vocab, seed=2)
+    return DeepRL(DeepRLConfig(max_len=6, **cfg), scorer, backward, vocab), ds
+
+
+def replies_of(vocab, texts: list[str]) -> torch.Tensor:
+    from pipeline.models.seq2seq_backward import pad_rows
+
+    return pad_rows([torch.tensor(vocab.encode(t, eos=True)) for t in texts], vocab.pad, "cpu")[0]
+
+
+def test_ease_of_answering_is_lower_for_a_dull_reply(data_dir, vocab):
+    from pipeline.rl import DULL_RESPONSES, ease_of_answering
+
+    scorer, ds = make("seq2seq", data_dir, vocab, seed=1)
+    dull_text = "i do not know ."
+    informative = "my dog likes to swim in the lake ."
+    # Teach the scorer that dull replies answer a dull message, and not an informative one
+    opt = torch.optim.Adam(scorer.parameters(), lr=0.01)
+    contexts = replies_of(vocab, [dull_text] * len(DULL_RESPONSES) + [informative] * 2)
+    responses = replies_of(vocab, [*DULL_RESPONSES, "my cat is orange .", "i swim too ."])
+    n = contexts.shape[0]
+    batch = Batch(torch.arange(n), contexts.masked_fill(contexts == vocab.eos, vocab.pad),
+                  (contexts != vocab.pad) & (contexts != vocab.eos), responses, responses != vocab.pad)
+    scorer.train()
+    for _ in range(40):
+        opt.zero_grad()
+        scorer.loss(batch)["loss"].backward()
+        opt.step()
+    scorer.eval()
+    replies = replies_of(vocab, [dull_text, informative])
+    dull = [torch.tensor(vocab.encode(s, eos=True)) for s in DULL_RESPONSES]
+    r1 = ease_of_answering(scorer, replies, dull, vocab.pad)
+    assert r1[0] < r1[1]  # the dull reply invites a dull answer: lower reward
+
+
+def test_information_flow_penalises_repeating_the_previous_turn(data_dir, vocab):
+    from pipeline.models.seq2seq_backward import context_turns
+    from pipeline.rl import information_flow
+
+    rl, ds = rl_setup(data_dir, vocab)
+    full = ds.collate(list(range(len(ds))))
+    rows = [i for i, t in enumerate(context_turns(full.query, full.query_mask)) if len(t) >= 2][:2]
+    batch = ds.collate(rows)
+    previous = [t[-2] for t in context_turns(batch.query, batch.query_mask)]
+    same = torch.stack([torch.cat([p, torch.tensor([vocab.eos])]) for p in previous[:1]])
+    r_same = information_flow(rl.scorer, batch.select(torch.tensor([0])), same, vocab.pad, 0.01)
+    assert r_same.item() == pytest.approx(0.0, abs=1e-4)  # cos = 1: −log 1 = 0
+    other = replies_of(vocab, ["zzz"])  # an <unk> reply: a different direction
+    assert information_flow(rl.scorer, batch.select(torch.tensor([0])), other, vocab.pad, 0.01).item() > 0
+    import dataclasses
+
+    one = batch.select(torch.tensor([0]))
+    first = dataclasses.replace(one, query=torch.zeros_like(one.query), query_mask=torch.zeros_like(one.query_mask))
+    assert information_flow(rl.scorer, first, other, vocab.pad, 0.01).item() == 0.0  # no previous own turn
+
+
+def test_deeprl_objective_gradients_and_coherence(data_dir, vocab):
+    from pipeline.rl import semantic_coherence, with_replies
+
+    rl, ds = rl_setup(data_dir, vocab)
+    policy, _ = make("seq2seq", data_dir, vocab, seed=1)  # starts as the scorer
+    policy.train()
+    batch = ds.collate(list(range(8)))
+    out = rl(policy, batch, step=3)
+    assert torch.isfinite(out["loss"]) and {"ease", "flow", "coherence", "reward", "pg_loss"} <= set(out)
+    out["loss"].backward()
+    assert grads(policy, "decoder") > 0 and grads(policy, "encoder") > 0
+    assert all(p.grad is None for p in rl.scorer.parameters()) and all(p.grad is None for p in rl.backward.parameters())
+    # coherence = per-token forward log-prob + per-token backward log-prob, by hand
+    replies = replies_of(vocab, ["i like dogs ."] * 2)
+    sampled = with_replies(batch.select(torch.tensor([0, 1])), replies, vocab.pad)
+    want = (rl.scorer.sequence_log_prob(sampled) / sampled.response_mask.sum(1)
+            + rl.backward.sequence_log_prob(sampled) / rl.backward.source_tokens(sampled))
+    torch.testing.assert_close(semantic_coherence(rl.scorer, rl.backward, sampled), want.detach())
+    # seeded sampling: the same step draws the same replies
+    from pipeline.rl import sample_replies
+
+    a = sample_replies(policy, batch, 6, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, sample_replies(policy, batch, 6, generator=torch.Generator().manual_seed(5)))
+    assert not ((a == vocab.pad) & torch.cat([torch.zeros(8, 1, dtype=torch.bool),
+                                               (a == vocab.eos).cumsum(1)[:, :-1] == 0], 1)).any()
+
+
+def test_reinforce_pushes_up_the_better_sample():
+    from pipeline.rl import reinforce
+
+    logits = torch.zeros(2, requires_grad=True)
+    loss, adv = reinforce(torch.log_softmax(logits, 0), torch.tensor([1.0, 0.0]))
+    assert adv.tolist() == [0.5, -0.5]
+    loss.backward()
+    assert logits.grad[0] < 0 < logits.grad[1]  # gradient descent raises the rewarded one
+
+
+# -- Adversarial -------------------------------------------------------------------------
+def test_discriminator_separates_gold_from_constructed_fakes(data_dir, vocab):
+    from pipeline.adversarial import Adversarial, AdversarialConfig
+    from pipeline.rl import with_replies
+
+    gen, ds = make("seq2seq", data_dir, vocab)
+    torch.manual_seed(0)
+    adv = Adversarial(AdversarialConfig(hidden=16, d_lr=0.01), gen)
+    gold = ds.collate(list(range(16)))
+    # fakes: every context answered with the same constant reply
+    fake = with_replies(gold, replies_of(vocab, ["you you you you ."] * 16), vocab.pad)
+    losses = [float(adv.d_step(gold, fake)) for _ in range(40)]
+    assert losses[-1] < losses[0] * 0.5
+    with torch.no_grad():
+        adv.discriminator.eval()
+        p_gold, p_fake = torch.sigmoid(adv.discriminator(gold)), torch.sigmoid(adv.discriminator(fake))
+    assert (p_gold > 0.5).float().mean() > 0.9 and (p_fake < 0.5).float().mean() > 0.9
+
+
+def test_adversarial_objective_pretrains_d_then_trains_the_generator(data_dir, vocab):
+    from pipeline.adversarial import Adversarial, AdversarialConfig
+
+    gen, ds = make("seq2seq", data_dir, vocab)
+    adv = Adversarial(AdversarialConfig(hidden=16, d_pretrain_steps=1, max_len=6), gen)
+    gen.train()
+    batch = ds.collate(list(range(8)))
+    d_before = [p.detach().clone() for p in adv.discriminator.parameters()]
+    out = adv(gen, batch, step=0)  # D pre-training: the generator takes teacher forcing only
+    assert "pg_loss" not in out and torch.isfinite(out["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, adv.discriminator.parameters(), strict=True))
+    out = adv(gen, batch, step=1)
+    assert {"pg_loss", "reward", "d_loss"} <= set(out) and torch.isfinite(out["loss"])
+    gen.zero_grad()
+    d_grads = [None if p.grad is None else p.grad.clone() for p in adv.discriminator.parameters()]
+    out["loss"].backward()
+    assert grads(gen, "decoder") > 0
+    for before, p in zip(d_grads, adv.discriminator.parameters(), strict=True):  # G's loss never reaches D
+        assert (before is None and p.grad is None) or torch.equal(before, p.grad)
+    assert not any(n.startswith("discriminator") for n, _ in gen.named_parameters())
