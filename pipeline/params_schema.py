@@ -200,7 +200,8 @@ class Section(Spec):
 
 # -- the sections --------------------------------------------------------------------------
 DEVICES = ("auto", "cpu", "cuda")
-MODELS = ("seq2seq", "gpmn", "postks", "pednet")  # pipeline/models/<name>.py
+MODELS = ("seq2seq", "gpmn", "postks", "pednet", "cvae", "dialogwae", "seq2seq_backward",
+          "response_lm")  # pipeline/models/<name>.py
 
 SCHEMA: dict[str, dict[str, Spec]] = {
     "fetch": {
@@ -277,6 +278,18 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "max_len": Int(min=1), "batch_size": Int(min=1), "device": Choice(*DEVICES),
         "precision": Choice("bf16", "fp32"), "query_shuffle_seed": Int(min=0),
     },
+    # GCL Table 3's other learners (pipeline/mmi.py, pipeline/rl.py, pipeline/adversarial.py)
+    "mmi": {"mode": Choice("bidi", "antilm"), "lam": Float(min=0), "length_weight": Float(), "threshold": Int(min=0),
+            "n_best": Int(min=1)},
+    "deeprl": {
+        "ease_weight": Float(min=0), "flow_weight": Float(min=0), "coherence_weight": Float(min=0),
+        "mle_weight": Float(min=0), "max_len": Int(min=1), "temperature": Float(gt=0), "cos_floor": Float(gt=0, max=1),
+        "dull_responses": ListOf(Str(), nonempty=True), "valid_examples": Int(min=1), "seed": Int(min=0),
+    },
+    "adversarial": {
+        "hidden": Int(min=2, even=True), "d_lr": Float(gt=0), "d_pretrain_steps": Int(min=0),
+        "teacher_forcing": Float(min=0), "max_len": Int(min=1), "temperature": Float(gt=0), "seed": Int(min=0),
+    },
     "evaluate": {"idf_missing": Float(min=0), "embedding_a": Float(gt=0), "constant_reply": Str()},
     "report": {
         "models": ListOf(Str(), nonempty=True, distinct=True), "controls": ListOf(Str(), distinct=True),
@@ -295,12 +308,21 @@ MODEL_KEYS: dict[str, dict[str, Spec]] = {
                "hop_residual": Choice("query", "previous"), "nll_weight": Float(min=0),
                "persona_weight": Float(min=0), "task_seed": Int(min=0), "select_none": Bool(),
                "persona_encoder": Choice("shared", "separate")},
+    "cvae": {"latent": Int(min=1), "kl_anneal_steps": Int(min=0), "bow_weight": Float(min=0), "bow_tied": Bool(),
+             "decode_seed": Int(min=0)},
+    "dialogwae": {"latent": Int(min=1), "noise": Int(min=1), "gan_weight": Float(min=0), "gp_weight": Float(min=0),
+                  "critic_hidden": Int(min=1), "decode_seed": Int(min=0)},
+    "seq2seq_backward": {"source": Choice("last_turn", "history")},
+    "response_lm": {},
 }
 
 # Sections that are training runs: model-key overrides of the backbone, `train` / `gcl`
 # overrides of those sections, and the architecture (`model`). Any other section a stage
 # trains (a GCL variant, ``train_gcl --run <name>``) is checked the same way when it is used.
-RUNS = ("seq2seq", "gpmn", "postks", "pednet", "seq2seq_history", "seq2seq_history_gcl", "pednet_gcl")
+RUNS = ("seq2seq", "gpmn", "postks", "pednet", "seq2seq_history", "seq2seq_history_gcl", "pednet_gcl",
+        # GCL Table 3's learners and MMI's two helper models
+        "seq2seq_history_cvae", "seq2seq_history_dialogwae", "seq2seq_history_backward", "seq2seq_history_lm",
+        "seq2seq_history_mmi", "seq2seq_history_mmi_antilm", "seq2seq_history_deeprl", "seq2seq_history_adversarial")
 GCL_RUNS = ("seq2seq_history_gcl", "pednet_gcl")
 
 
@@ -310,7 +332,8 @@ def is_run(section: str, values: Any = None) -> bool:
     named = isinstance(values, Mapping) and values.get("model") in MODELS
     return section in RUNS or named or any(section.startswith(f"{run}_") for run in GCL_RUNS)
 RUN_KEYS: dict[str, Spec] = {"model": Choice(*MODELS), "reference": Str(),
-                             "train": Section("train"), "gcl": Section("gcl")}
+                             "train": Section("train"), "gcl": Section("gcl"), "mmi": Section("mmi"),
+                             "deeprl": Section("deeprl"), "adversarial": Section("adversarial")}
 
 
 def run_schema(name: str, values: Mapping | None) -> dict[str, Spec]:
@@ -377,6 +400,18 @@ def validate(section: str, values: Any) -> None:
 def validate_run(name: str, values: Any) -> None:
     """A run's section (seq2seq, pednet_gcl, a GCL variant, ...)."""
     _check(name, values, run_schema(name, values if isinstance(values, Mapping) else None))
+
+
+def config_from(cls: type, section: str, params: Mapping) -> Any:
+    """A config dataclass ``cls`` from a params section: validated against SCHEMA[section],
+    unknown keys named (one line), a ValueError of its checks left to the caller."""
+    from dataclasses import fields
+
+    validate(section, params)
+    known = {f.name for f in fields(cls)}
+    if unknown := sorted(set(params) - known):
+        raise _error(f"{section}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})")
+    return cls(**params)
 
 
 def validate_seeds(seeds: Any) -> None:

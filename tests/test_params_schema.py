@@ -48,6 +48,17 @@ BAD = {
     "generate": (("beam_size", "5"), ("max_len", 0), "temperature"),
     "evaluate": (("constant_reply", 3), ("embedding_a", 0), "idf"),
     "report": (("models", "pednet"), ("bootstrap", 0), "tables"),
+    "seq2seq_history_cvae": (("latent", "64"), ("latent", 0), "beta"),
+    "seq2seq_history_dialogwae": (("noise", 1.5), ("gp_weight", -1), "n_critic"),
+    "seq2seq_history_backward": (("source", 1), ("source", "both"), "target"),
+    "seq2seq_history_lm": (("hidden", "abc"), ("layers", 0), "order"),
+    "mmi": (("n_best", "10"), ("n_best", 0), "beam"),
+    "seq2seq_history_mmi": (("mmi", [1]), ("mmi", {"mode": "both"}), "lam"),
+    "seq2seq_history_mmi_antilm": (("mmi", {"threshold": "5"}), ("mmi", {"lam": -1}), "threshold"),
+    "deeprl": (("dull_responses", "i do not know"), ("cos_floor", 0), "gamma"),
+    "seq2seq_history_deeprl": (("deeprl", {"max_len": "20"}), ("deeprl", {"temperature": 0}), "rewards"),
+    "adversarial": (("hidden", "128"), ("hidden", 127), "d_steps"),
+    "seq2seq_history_adversarial": (("train", {"lr": "1"}), ("adversarial", {"max_len": 0}), "discriminator"),
 }
 
 
@@ -240,3 +251,13 @@ def test_choices_and_keys_match_the_code():
     assert choices("prepare", "no_persona") == parlai.NO_PERSONA_CHOICES
     assert S["prepare"]["max_vocab"].min == len(schema.SPECIALS)
     assert ps.BUNDLED_ENCODER == persona_labels.BUNDLED
+    from pipeline.adversarial import AdversarialConfig
+    from pipeline.mmi import MODES, MMIConfig
+    from pipeline.models import cvae, dialogwae, seq2seq_backward
+    from pipeline.rl import DeepRLConfig
+
+    assert {f.name for f in fields(MMIConfig)} == set(S["mmi"]) and choices("mmi", "mode") == MODES
+    assert {f.name for f in fields(DeepRLConfig)} == set(S["deeprl"])
+    assert {f.name for f in fields(AdversarialConfig)} == set(S["adversarial"])
+    assert set(ps.MODEL_KEYS["cvae"]) == set(cvae.DEFAULTS) and set(ps.MODEL_KEYS["dialogwae"]) == set(dialogwae.DEFAULTS)
+    assert tuple(ps.MODEL_KEYS["seq2seq_backward"]["source"].values) == seq2seq_backward.SOURCES
