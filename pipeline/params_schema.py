@@ -278,7 +278,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "max_len": Int(min=1), "batch_size": Int(min=1), "device": Choice(*DEVICES),
         "precision": Choice("bf16", "fp32"), "query_shuffle_seed": Int(min=0),
     },
-    # GCL Table 3's other learners (pipeline/mmi.py, pipeline/rl.py, pipeline/adversarial.py)
+    # GCL Table 3's other learners (pipeline/learners/mmi.py, pipeline/learners/rl.py, pipeline/learners/adversarial.py)
     "mmi": {"mode": Choice("bidi", "antilm"), "lam": Float(min=0), "length_weight": Float(), "threshold": Int(min=0),
             "n_best": Int(min=1)},
     "deeprl": {

@@ -1,4 +1,4 @@
-"""Decode the test split with MMI (Li et al. 2016a; pipeline/mmi.py):
+"""Decode the test split with MMI (Li et al. 2016a; pipeline/learners/mmi.py):
 ``python -m stages.generate_mmi <run> --seed K`` (dvc stage ``generate_mmi@<run>-<K>``;
 runs seq2seq_history_mmi (MMI-bidi) and seq2seq_history_mmi_antilm (MMI-antiLM)).
 
@@ -23,7 +23,7 @@ from pipeline import schema
 from pipeline.dataset import Vocab, load_split
 from pipeline.decode import QUERY_SHUFFLE_SEED, derangement, generate_rows, query_log_probs
 from pipeline.io import InputError, load_params, run_stage, write_parquet
-from pipeline.mmi import AntiLM, Bidi, MMIConfig
+from pipeline.learners.mmi import AntiLM, Bidi, MMIConfig
 from pipeline.params_schema import validate_run
 from pipeline.train import autocast, load_trained, run_dirs
 from stages.generate import generations_path

@@ -7,9 +7,9 @@ The one training loop (pipeline/train.py) with the learner's objective, starting
 K of the reference run (checkpoints/<reference>/seed<K>/best.pt), reading the data as the
 reference does (as stages/train_gcl.py):
 
-- ``deeprl`` (pipeline/rl.py): policy gradient with Li et al. 2016b's rewards, scored by the
+- ``deeprl`` (pipeline/learners/rl.py): policy gradient with Li et al. 2016b's rewards, scored by the
   frozen reference and the backward Seq2Seq checkpoints/<reference>_backward/seed<K>/best.pt;
-- ``adversarial`` (pipeline/adversarial.py): REINFORCE against a discriminator trained in the
+- ``adversarial`` (pipeline/learners/adversarial.py): REINFORCE against a discriminator trained in the
   objective, plus teacher forcing.
 
 Reads params `train`, `model`, `<reference>`, `<learner>` and `<reference>_<learner>` (its
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.adversarial import Adversarial, AdversarialConfig
 from pipeline.dataset import Vocab, load_split
 from pipeline.io import InputError, load_params, run_stage
+from pipeline.learners.adversarial import Adversarial, AdversarialConfig
+from pipeline.learners.rl import DeepRL, DeepRLConfig
 from pipeline.models import get_model_class, model_params, run_architecture
 from pipeline.params_schema import validate_run
-from pipeline.rl import DeepRL, DeepRLConfig
 from pipeline.train import load_trained, run_dirs, train, train_params
 from stages.train_gcl import file_digest
 

@@ -1,6 +1,6 @@
 """GCL Table 3's other learning approaches on the Seq2Seq backbone: CVAE and DialogWAE
-(pipeline/models/{cvae,dialogwae}.py), MMI (pipeline/mmi.py with the backward model and the
-response LM), DeepRL (pipeline/rl.py) and Adversarial (pipeline/adversarial.py)."""
+(pipeline/models/{cvae,dialogwae}.py), MMI (pipeline/learners/mmi.py with the backward model and the
+response LM), DeepRL (pipeline/learners/rl.py) and Adversarial (pipeline/learners/adversarial.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline.dataset import Batch, Vocab
 from pipeline.decode import beam_search, generate_rows, greedy
-from pipeline.mmi import AntiLM, Bidi, MMIConfig, bidi_scores, nbest
+from pipeline.learners.mmi import AntiLM, Bidi, MMIConfig, bidi_scores, nbest
 from pipeline.models import model_params
 from pipeline.models.cvae import gaussian_kl, kl_weight
 from tests.model_inputs import build_tiny, tiny_params, write_model_inputs
@@ -257,7 +257,7 @@ def test_mmi_models_decode_through_generate_rows(data_dir, vocab):
 
 # -- DeepRL ------------------------------------------------------------------------------
 def rl_setup(data_dir, vocab, **cfg):
-    from pipeline.rl import DeepRL, DeepRLConfig
+    from pipeline.learners.rl import DeepRL, DeepRLConfig
 
     scorer, ds = make("seq2seq", data_dir, vocab, seed=1)
     backward, _ = make("seq2seq_backward", data_dir, vocab, seed=2)
@@ -271,7 +271,7 @@ def replies_of(vocab, texts: list[str]) -> torch.Tensor:
 
 
 def test_ease_of_answering_is_lower_for_a_dull_reply(data_dir, vocab):
-    from pipeline.rl import DULL_RESPONSES, ease_of_answering
+    from pipeline.learners.rl import DULL_RESPONSES, ease_of_answering
 
     scorer, ds = make("seq2seq", data_dir, vocab, seed=1)
     dull_text = "i do not know ."
@@ -296,8 +296,8 @@ def test_ease_of_answering_is_lower_for_a_dull_reply(data_dir, vocab):
 
 
 def test_information_flow_penalises_repeating_the_previous_turn(data_dir, vocab):
+    from pipeline.learners.rl import information_flow
     from pipeline.models.seq2seq_backward import context_turns
-    from pipeline.rl import information_flow
 
     rl, ds = rl_setup(data_dir, vocab)
     full = ds.collate(list(range(len(ds))))
@@ -317,7 +317,7 @@ def test_information_flow_penalises_repeating_the_previous_turn(data_dir, vocab)
 
 
 def test_deeprl_objective_gradients_and_coherence(data_dir, vocab):
-    from pipeline.rl import semantic_coherence, with_replies
+    from pipeline.learners.rl import semantic_coherence, with_replies
 
     rl, ds = rl_setup(data_dir, vocab)
     policy, _ = make("seq2seq", data_dir, vocab, seed=1)  # starts as the scorer
@@ -335,7 +335,7 @@ def test_deeprl_objective_gradients_and_coherence(data_dir, vocab):
             + rl.backward.sequence_log_prob(sampled) / rl.backward.source_tokens(sampled))
     torch.testing.assert_close(semantic_coherence(rl.scorer, rl.backward, sampled), want.detach())
     # seeded sampling: the same step draws the same replies
-    from pipeline.rl import sample_replies
+    from pipeline.learners.rl import sample_replies
 
     a = sample_replies(policy, batch, 6, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, sample_replies(policy, batch, 6, generator=torch.Generator().manual_seed(5)))
@@ -344,7 +344,7 @@ def test_deeprl_objective_gradients_and_coherence(data_dir, vocab):
 
 
 def test_reinforce_pushes_up_the_better_sample():
-    from pipeline.rl import reinforce
+    from pipeline.learners.rl import reinforce
 
     logits = torch.zeros(2, requires_grad=True)
     loss, adv = reinforce(torch.log_softmax(logits, 0), torch.tensor([1.0, 0.0]))
@@ -355,8 +355,8 @@ def test_reinforce_pushes_up_the_better_sample():
 
 # -- Adversarial -------------------------------------------------------------------------
 def test_discriminator_separates_gold_from_constructed_fakes(data_dir, vocab):
-    from pipeline.adversarial import Adversarial, AdversarialConfig
-    from pipeline.rl import with_replies
+    from pipeline.learners.adversarial import Adversarial, AdversarialConfig
+    from pipeline.learners.rl import with_replies
 
     gen, ds = make("seq2seq", data_dir, vocab)
     torch.manual_seed(0)
@@ -373,7 +373,7 @@ def test_discriminator_separates_gold_from_constructed_fakes(data_dir, vocab):
 
 
 def test_adversarial_objective_pretrains_d_then_trains_the_generator(data_dir, vocab):
-    from pipeline.adversarial import Adversarial, AdversarialConfig
+    from pipeline.learners.adversarial import Adversarial, AdversarialConfig
 
     gen, ds = make("seq2seq", data_dir, vocab)
     adv = Adversarial(AdversarialConfig(hidden=16, d_pretrain_steps=1, max_len=6), gen)

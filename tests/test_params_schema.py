@@ -251,10 +251,10 @@ def test_choices_and_keys_match_the_code():
     assert choices("prepare", "no_persona") == parlai.NO_PERSONA_CHOICES
     assert S["prepare"]["max_vocab"].min == len(schema.SPECIALS)
     assert ps.BUNDLED_ENCODER == persona_labels.BUNDLED
-    from pipeline.adversarial import AdversarialConfig
-    from pipeline.mmi import MODES, MMIConfig
+    from pipeline.learners.adversarial import AdversarialConfig
+    from pipeline.learners.mmi import MODES, MMIConfig
+    from pipeline.learners.rl import DeepRLConfig
     from pipeline.models import cvae, dialogwae, seq2seq_backward
-    from pipeline.rl import DeepRLConfig
 
     assert {f.name for f in fields(MMIConfig)} == set(S["mmi"]) and choices("mmi", "mode") == MODES
     assert {f.name for f in fields(DeepRLConfig)} == set(S["deeprl"])

@@ -1,6 +1,6 @@
 """DeepRL (Li et al. 2016b, "Deep Reinforcement Learning for Dialogue Generation"; GCL
 Table 3's DeepRL row) as an objective for the one training loop, and the sampling and
-REINFORCE pieces the adversarial objective (pipeline/adversarial.py) shares.
+REINFORCE pieces the adversarial objective (pipeline/learners/adversarial.py) shares.
 
 Each training step samples one reply a ~ π(· | context) per example from the policy (the
 model being trained, initialised from the MLE Seq2Seq), scores it with the paper's three

@@ -9,7 +9,7 @@ training loop.
   this "simple encoder" reading takes the ``<eot>``-joined context as one sequence.
   Its embeddings start as a copy of the generator's.
 - Each training step (the paper's Algorithm 1, one D-step and one G-step per batch):
-  1. sample a reply a ~ G(· | context) per example (pipeline/rl.py's sampler, seeded by
+  1. sample a reply a ~ G(· | context) per example (pipeline/learners/rl.py's sampler, seeded by
      (``seed``, step));
   2. D-step: one Adam step of D (its own optimizer, ``d_lr``) on binary cross-entropy,
      gold replies = 1, sampled replies = 0;
@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.dataset import Batch
+from pipeline.learners.rl import reinforce, sample_replies, unwrap, with_replies
 from pipeline.models import Generator
 from pipeline.models.layers import Embeddings, Encoder, EncoderConfig
 from pipeline.params_schema import config_from
-from pipeline.rl import reinforce, sample_replies, unwrap, with_replies
 
 
 @dataclass
