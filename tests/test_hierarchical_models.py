@@ -207,3 +207,46 @@ def test_transformer_sizes_come_from_params(data_dir, vocab):
     assert isinstance(post.encoder_norm, torch.nn.Identity)
     with pytest.raises(ValueError, match="multiple of heads"):
         make_model("transformer", data_dir, vocab, hidden=16, heads=3)
+
+
+# -- the stages, as dvc.yaml runs them ------------------------------------------------------------
+def test_stages_train_score_fine_tune_and_decode_each_generator(tmp_path, data_dir, monkeypatch):
+    """train_history_models@<m>, reference_scores@, train_gcl@ and generate@ of the three runs:
+    the one training loop, GCL's objective and the decoder, each unchanged (groups selected by
+    BM25 from fabricated pools, not by MSN, to stay quick)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    import yaml
+
+    from stages import generate, reference_scores, select_groups, train, train_gcl
+    from tests.test_gcl import fake_groups
+
+    shutil.copytree(data_dir, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIPELINE_NO_PROGRESS", "1")
+    for split in ("train", "valid"):
+        (tmp_path / "data/msn_scores").mkdir(exist_ok=True)
+        pq.write_table(fake_groups(pq.read_table(f"data/prepared/{split}.parquet")), f"data/msn_scores/{split}.parquet")
+    runs = {f"{m}_history": {"model": m, "context": "history", "max_context_tokens": 30} for m in MODELS}
+    gcl_runs = {f"{r}_gcl": {"train": {"max_steps": 2, "batch_size": 8, "validate_every": 0, "criterion": "cl_nll"}}
+                for r in runs}
+    params = tiny_params(train={"epochs": 1}, select_groups={"selection": "bm25", "seed": 1},
+                         reference_scores={"batch_size": 64}, gcl={"k": 2}, **TINY, **runs, **gcl_runs)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    select_groups.main()
+    for run, section in runs.items():
+        train.main([run, "--seed", "1"])
+        reference = load_checkpoint(f"checkpoints/{run}/seed1/best.pt")
+        assert reference["model_name"] == section["model"] and reference["model_params"]["context"] == "history"
+        reference_scores.main([run, "--seed", "1"])
+        summary = train_gcl.main([run, "--seed", "1"])
+        assert summary["steps"] == 2 and summary["criterion"] == "cl_nll"
+        target = load_checkpoint(f"checkpoints/{run}_gcl/seed1/last.pt")
+        assert target["model_name"] == section["model"] and target["model_params"] == reference["model_params"]
+        assert any(not torch.equal(target["model"][k], v) for k, v in reference["model"].items())
+        for name in (run, f"{run}_gcl"):
+            generate.main([name, "--seed", "1"])
+            rows = pq.read_table(f"reports/generations/{name}/seed1.parquet").to_pylist()
+            assert len(rows) == pq.read_table("data/prepared/test.parquet").num_rows
+            assert all(isinstance(r["hypothesis"], str) and r["selected_persona"] is None for r in rows)
