@@ -15,6 +15,7 @@ from pipeline.decode import beam_search, generate_rows, greedy
 from pipeline.models import model_params
 from pipeline.models.hierarchy import EOT_ID, split_utterances
 from pipeline.train import autocast, load_checkpoint, load_trained, save_checkpoint
+from tests.generator_checks import check_forward_backward, check_overfits, check_sequence_log_prob
 from tests.model_inputs import build_tiny, tiny_params, write_model_inputs
 
 torch.set_num_threads(1)
@@ -96,15 +97,7 @@ def test_split_utterances_round_trips_the_dataset(data_dir, vocab):
 @pytest.mark.parametrize("backbone", [{}, {"layers": 2, "tie_embeddings": False}])
 def test_forward_backward(name, backbone, data_dir, vocab):
     model, train = make_model(name, data_dir, vocab, **backbone)
-    batch = train.collate(multi_turn_rows(train))
-    out = model(batch)
-    assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
-    assert out["n_tokens"] == batch.response_mask.sum()
-    out["loss"].backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
-    if not backbone:
-        assert model.readout.embeddings.weight is model.embeddings.weight  # tied output layer
+    check_forward_backward(model, train.collate(multi_turn_rows(train)), tied=not backbone)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -123,34 +116,13 @@ def test_the_context_matters_and_an_empty_one_is_finite(name, data_dir, vocab):
 def test_sequence_log_prob_matches_nll_and_stepwise_decoding(name, data_dir, vocab):
     model, train = make_model(name, data_dir, vocab)
     model.eval()
-    batch = train.collate(multi_turn_rows(train, 4))
-    n = batch.size
-    with torch.no_grad():
-        slp = model.sequence_log_prob(batch)
-        torch.testing.assert_close(slp.sum(), -model.loss(batch)["nll_sum"])
-        state, prev = model.encode(batch), torch.full((n,), vocab.bos)
-        total = torch.zeros(n)
-        for t in range(batch.response.shape[1]):
-            lp, state = model.decode_step(state, prev)
-            y = batch.response[:, t]
-            total += lp.gather(1, y[:, None]).squeeze(1) * batch.response_mask[:, t]
-            prev = y
-    torch.testing.assert_close(slp, total, rtol=1e-4, atol=1e-4)
+    check_sequence_log_prob(model, train.collate(multi_turn_rows(train, 4)), vocab.bos)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_overfits_a_tiny_set(name, data_dir, vocab):
     model, train = make_model(name, data_dir, vocab, dropout=0.0, hidden=32)
-    batch = train.collate(range(8))
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    first = None
-    for _ in range(60):
-        loss = model(batch)["loss"]
-        first = first if first is not None else loss.item()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.25 * first
+    check_overfits(model, train.collate(range(8)))
 
 
 @pytest.mark.parametrize("name", MODELS)
