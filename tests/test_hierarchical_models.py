@@ -222,3 +222,19 @@ def test_stages_train_score_fine_tune_and_decode_each_generator(tmp_path, data_d
             rows = pq.read_table(f"reports/generations/{name}/seed1.parquet").to_pylist()
             assert len(rows) == pq.read_table("data/prepared/test.parquet").num_rows
             assert all(isinstance(r["hypothesis"], str) and r["selected_persona"] is None for r in rows)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_chat_reads_the_growing_history(name, method, data_dir, vocab):
+    from pipeline.chat import Chat
+
+    model, _ = make_model(name, data_dir, vocab)
+    model.eval()
+    chat = Chat(model, vocab, method=method, beam_size=3, max_len=6)
+    for utterance in ("hi how are you today ?", "do you have pets ?", "i like to read ."):
+        reply = chat.reply(utterance)
+        assert isinstance(reply.text, str) and reply.selected is None
+    context = chat.example("what do you do ?", []).query
+    turns = [u for turn in chat.history for u in turn if u] + ["what do you do ?"]  # an empty reply is no turn
+    assert (context == EOT_ID).sum() == len(turns) - 1 >= 3
