@@ -27,7 +27,7 @@ Cost: the attention is recomputed for every utterance at every step, sequentiall
 the utterances (the paper's dependence on l^t_{i+1}): a decoding step runs one
 utterance-level GRU step per utterance of the batch's longest context. Measured on this
 machine's CPU (one thread, bf16, batch 64, 120-token histories of ~10 turns, 40-token
-responses): a training step ~4x HRED's and ~2-3x Seq2Seq's. (Bilinear instead of MLP
+responses): a training step ~3x HRED's and ~2x Seq2Seq's. (Bilinear instead of MLP
 scores saved only ~12%, so the paper's MLP stays.)
 """
 
