@@ -201,7 +201,7 @@ class Section(Spec):
 # -- the sections --------------------------------------------------------------------------
 DEVICES = ("auto", "cpu", "cuda")
 MODELS = ("seq2seq", "gpmn", "postks", "pednet", "cvae", "dialogwae", "seq2seq_backward",
-          "response_lm")  # pipeline/models/<name>.py
+          "response_lm", "hred", "hran", "transformer")  # pipeline/models/<name>.py
 
 SCHEMA: dict[str, dict[str, Spec]] = {
     "fetch": {
@@ -314,16 +314,22 @@ MODEL_KEYS: dict[str, dict[str, Spec]] = {
                   "critic_hidden": Int(min=1), "decode_seed": Int(min=0)},
     "seq2seq_backward": {"source": Choice("last_turn", "history")},
     "response_lm": {},
+    "hred": {},
+    "hran": {},
+    "transformer": {"heads": Int(min=1), "ff_dim": Int(min=1), "norm_first": Bool()},
 }
 
 # Sections that are training runs: model-key overrides of the backbone, `train` / `gcl`
 # overrides of those sections, and the architecture (`model`). Any other section a stage
 # trains (a GCL variant, ``train_gcl --run <name>``) is checked the same way when it is used.
+HISTORY_RUNS = ("hred_history", "hran_history", "transformer_history")  # the GCL paper's other generators
 RUNS = ("seq2seq", "gpmn", "postks", "pednet", "seq2seq_history", "seq2seq_history_gcl", "pednet_gcl",
         # GCL Table 3's learners and MMI's two helper models
         "seq2seq_history_cvae", "seq2seq_history_dialogwae", "seq2seq_history_backward", "seq2seq_history_lm",
-        "seq2seq_history_mmi", "seq2seq_history_mmi_antilm", "seq2seq_history_deeprl", "seq2seq_history_adversarial")
-GCL_RUNS = ("seq2seq_history_gcl", "pednet_gcl")
+        "seq2seq_history_mmi", "seq2seq_history_mmi_antilm", "seq2seq_history_deeprl", "seq2seq_history_adversarial",
+        # GCL Table 2(a)'s other generators: their architecture sections, MLE runs and GCL runs
+        "hred", "hran", "transformer", *HISTORY_RUNS, *(f"{r}_gcl" for r in HISTORY_RUNS))
+GCL_RUNS = ("seq2seq_history_gcl", "pednet_gcl", *(f"{r}_gcl" for r in HISTORY_RUNS))
 
 
 def is_run(section: str, values: Any = None) -> bool:

@@ -27,7 +27,7 @@ def test_dag_md_is_current_and_lists_every_stage():
     assert ("fetch", "prepare") in edges and ("evaluate", "report") in edges
     assert ("prepare", "report") not in edges  # implied by a longer path: not drawn...
     assert "| `train_gcl` | reference × seed | " in text  # ...but every direct one is in the table
-    assert max(map(len, text.splitlines())) < 200
+    assert max(map(len, text.splitlines())) < 240  # the longest: report's row, one name per stage it reads
 
 
 def test_matrix_instances_collapse_to_their_stage():

@@ -513,11 +513,13 @@ def test_gcl_stages_end_to_end(tmp_path, data_dir, monkeypatch, caplog):
         pq.read_table("data/prepared/test.parquet").num_rows
 
 
-@pytest.mark.parametrize("name", ["seq2seq", "gpmn", "postks", "pednet"])
+@pytest.mark.parametrize("name", ["seq2seq", "gpmn", "postks", "pednet", "hred", "hran", "transformer"])
 def test_shared_context_encoding_equals_per_pair_scoring(name, data_dir, train_ds):
     """The step encodes each distinct context once (an example's response-side pairs share
     it): log p and its gradients equal scoring every pair from scratch."""
-    params = model_params(tiny_params(pednet={"k": 2}, gpmn={"idf": "persona"}), name)
+    history = {"context": "history", "max_context_tokens": 60} if name in ("hred", "hran", "transformer") else {}
+    params = model_params(tiny_params(model=history, pednet={"k": 2}, gpmn={"idf": "persona"},
+                                      transformer={"heads": 2, "ff_dim": 32, "layers": 2}), name)
     model, ds = build_tiny(name, params, data_dir, train_ds.vocab)
     groups = select_groups(groups_table(len(ds)), k=2)
     obj = GroupContrastive(GCLConfig(k=2), groups, reference_log_probs(model, ds, groups), ds)

@@ -28,6 +28,7 @@ from pipeline.models.layers import (
     PersonaEncoder,
     load_embedding_matrix,
 )
+from tests.generator_checks import check_forward_backward, check_overfits, check_sequence_log_prob
 from tests.model_inputs import build_tiny, tiny_params, write_model_inputs
 
 torch.set_num_threads(1)
@@ -189,50 +190,20 @@ def test_unknown_model():
 @pytest.mark.parametrize("backbone", [{}, {"layers": 2, "attention": "general", "tie_embeddings": False}])
 def test_forward_backward(name, backbone, data_dir, vocab):
     model, train = make_model(name, data_dir, vocab, **backbone)
-    batch = train.collate(range(6))
-    out = model(batch)
-    assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
-    assert out["n_tokens"] == batch.response_mask.sum()
-    out["loss"].backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
-    if not backbone:
-        assert model.readout.embeddings.weight is model.embeddings.weight  # tied output layer
+    check_forward_backward(model, train.collate(range(6)), tied=not backbone)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_sequence_log_prob_matches_nll_and_stepwise_decoding(name, data_dir, vocab):
     model, train = make_model(name, data_dir, vocab)
     model.eval()
-    batch = train.collate([3, 7, 11, 20])
-    with torch.no_grad():
-        slp = model.sequence_log_prob(batch)
-        out = model.loss(batch)
-        torch.testing.assert_close(slp.sum(), -out["nll_sum"])
-        # the same sums one decode_step at a time (what beam search and GCL rely on)
-        state, prev = model.encode(batch), torch.full((4,), vocab.bos)
-        total = torch.zeros(4)
-        for t in range(batch.response.shape[1]):
-            lp, state = model.decode_step(state, prev)
-            y = batch.response[:, t]
-            total += lp.gather(1, y[:, None]).squeeze(1) * batch.response_mask[:, t]
-            prev = y
-    torch.testing.assert_close(slp, total, rtol=1e-4, atol=1e-4)
+    check_sequence_log_prob(model, train.collate([3, 7, 11, 20]), vocab.bos)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_overfits_a_tiny_set(name, data_dir, vocab):
     model, train = make_model(name, data_dir, vocab, dropout=0.0, hidden=32)
-    batch = train.collate(range(8))
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    first = None
-    for _ in range(60):
-        loss = model(batch)["loss"]
-        first = first if first is not None else loss.item()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.25 * first
+    check_overfits(model, train.collate(range(8)))
 
 
 def test_gpmn_memories_are_idf_weighted(data_dir, vocab):

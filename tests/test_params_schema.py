@@ -35,6 +35,15 @@ BAD = {
     "postks": (("bow_tied", 1), ("gumbel_tau", 0), "gamma"),
     "seq2seq_history": (("max_context_tokens", "120"), ("context", "dialogue"), "history"),
     "pednet": (("select_none", "false"), ("k", 0), "kk"),
+    "hred": (("layers", 1.5), ("layers", 0), "heads"),  # heads is the Transformer's
+    "hran": (("dropout", "0.1"), ("dropout", 1.0), "k"),
+    "transformer": (("norm_first", "yes"), ("heads", 0), "hops"),
+    "hred_history": (("max_context_tokens", "120"), ("context", "dialogue"), "ff_dim"),
+    "hran_history": (("model", 1), ("model", "hrann"), "norm_first"),
+    "transformer_history": (("ff_dim", "1024"), ("heads", 0), "hops"),
+    "hred_history_gcl": (("train", [16]), ("train", {"lr": -1}), "optimizer"),
+    "hran_history_gcl": (("gcl", "paper"), ("gcl", {"k": 0}), "groups"),
+    "transformer_history_gcl": (("train", {"clip": "1"}), ("train", {"batch_size": 0}), "reference_run"),
     "pednet_pmi_probe": (("gamma", "0.5"), ("hops", 0), "hop"),
     "pednet_probe_separate": (("persona_encoder", 1), ("k", 0), "encoder"),
     "msn": (("channels", 8), ("max_words", 3), "layers"),
@@ -167,8 +176,10 @@ def test_seeds_and_a_variant_are_checked(tmp_path):
         ps.validate("seeds", [])
     with pytest.raises(InputError, match="bad_variant.gcl.k: expected an integer >= 1, got 0"):
         ps.validate_run("bad_variant", {"gcl": {"k": 0}})
-    with pytest.raises(InputError, match="bad_variant.model: expected one of seq2seq, gpmn, postks, pednet"):
-        ps.validate_run("bad_variant", {"model": "transformer"})
+    with pytest.raises(InputError, match="bad_variant.model: expected one of seq2seq, gpmn, postks, pednet, .*hred, "
+                                         "hran, transformer, got 'gpt2'"):
+        ps.validate_run("bad_variant", {"model": "gpt2"})
+    ps.validate_run("a_transformer_run", {"model": "transformer", "heads": 8})
     # an unlisted variant is checked when it is used, not whenever the file is read
     path = write(tmp_path, bad_variant={"gcl": {"k": 0}})
     assert load_params(path=path)["bad_variant"] == {"gcl": {"k": 0}}
@@ -218,7 +229,7 @@ def test_choices_and_keys_match_the_code():
     from pipeline import train as train_mod
     from pipeline.gcl import SELECTIONS, GCLConfig
     from pipeline.matching import SCORERS, MatcherConfig
-    from pipeline.models import BACKBONE_DEFAULTS, pednet, postks
+    from pipeline.models import BACKBONE_DEFAULTS, pednet, postks, transformer
     from pipeline.models.msn import MSNConfig, cnn_output_size
     from pipeline.msn import MSNTrainConfig
 
@@ -238,6 +249,8 @@ def test_choices_and_keys_match_the_code():
     assert choices("model", "context") == dataset.CONTEXTS
     assert set(ps.MODEL_KEYS["pednet"]) == set(pednet.DEFAULTS)
     assert set(ps.MODEL_KEYS["postks"]) == set(postks.DEFAULTS)
+    assert set(ps.MODEL_KEYS["transformer"]) == set(transformer.DEFAULTS)
+    assert set(ps.MODEL_KEYS) == set(ps.MODELS)
     msn_keys = {f.name for f in fields(MSNConfig)} - {"vocab_size", "embedding_dim", "pad"}
     assert msn_keys | {f.name for f in fields(MSNTrainConfig)} == set(S["msn"])
     assert cnn_output_size(S["msn"]["max_words"].min) >= 1 and cnn_output_size(S["msn"]["max_words"].min - 1) == 0
