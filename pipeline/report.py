@@ -37,8 +37,18 @@ DISPLAY = {
     "seq2seq_history_gcl": "Seq2Seq (multi-turn) + GCL",
     "seq2seq_history_gcl_last": "Seq2Seq (multi-turn) + GCL, last step",
     "pednet_gcl": "PEDNet + GCL",
-    "transformer": "Transformer",
-    "transformer_gcl": "Transformer + GCL",
+    "hred_history": "HRED (multi-turn)",
+    "hred_history_gcl": "HRED (multi-turn) + GCL",
+    "transformer_history": "Transformer (multi-turn)",
+    "transformer_history_gcl": "Transformer (multi-turn) + GCL",
+    "hran_history": "HRAN (multi-turn)",
+    "hran_history_gcl": "HRAN (multi-turn) + GCL",
+    "seq2seq_history_adversarial_last": "Adversarial (Seq2Seq, multi-turn), last step",
+    "seq2seq_history_mmi": "MMI-bidi (Seq2Seq, multi-turn)",
+    "seq2seq_history_mmi_antilm": "MMI-antiLM (Seq2Seq, multi-turn)",
+    "seq2seq_history_deeprl": "DeepRL (Seq2Seq, multi-turn)",
+    "seq2seq_history_cvae": "CVAE (Seq2Seq, multi-turn)",
+    "seq2seq_history_dialogwae": "DialogWAE (Seq2Seq, multi-turn)",
     "gold": "Gold (reference)",
     "constant": "Constant reply",
 }
@@ -70,7 +80,7 @@ DISPLAY.update(
     | {run + LAST: f"Seq2Seq (multi-turn) + GCL, k = {k}, last step"
        for k, run in GCL_GROUP_SIZES if run and run != GCL_FULL}
 )
-PAPERS = {"pednet_table2": "PEDNet Table 2", "gcl_table2a": "GCL Table 2(a)"}
+PAPERS = {"pednet_table2": "PEDNet Table 2", "gcl_table2a": "GCL Table 2(a)", "gcl_table3": "GCL Table 3"}
 PEDNET_COLUMNS = [
     ("Distinct-1", "distinct_1"), ("Distinct-2", "distinct_2"), ("P-R", "persona_recall"),
     ("P-P", "persona_precision"), ("P-F1", "persona_f1"), ("P-Cover", "persona_coverage"),

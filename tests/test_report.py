@@ -117,6 +117,41 @@ def test_paper_numbers_are_consistent():
     assert paper_results.paper_fraction(paper_results.PEDNET_TABLE2, "pednet", "bleu_1") is None
 
 
+def test_gcl_paper_tables_round_trip_through_paper_fraction():
+    """Every printed value of GCL Table 2(a) and Table 3: percent -> fraction (entropies: bits, as
+    printed) -> the report's unit prints the paper's string again."""
+    gcl_keys = [key for _, key in report.GCL_COLUMNS]
+    tables = {"2a": paper_results.GCL_TABLE2A, "3": paper_results.GCL_TABLE3}
+    assert list(tables["2a"]) == [f"{g}_history{s}" for g in ("seq2seq", "hred", "transformer", "hran")
+                                  for s in ("", "_gcl")]  # fmt: skip
+    assert list(tables["3"]) == [f"seq2seq_history_{x}" for x in
+                                 ("adversarial_last", "mmi", "deeprl", "cvae", "dialogwae", "gcl")]  # fmt: skip
+    for name, table in tables.items():
+        for run, row in table.items():
+            assert list(row) == sorted(row, key=gcl_keys.index) and set(row) == set(gcl_keys), (name, run)
+            for key, printed in row.items():
+                value = paper_results.paper_fraction(table, run, key)
+                expected = float(printed) if key in paper_results.BITS else float(printed) / 100
+                assert value == pytest.approx(expected, rel=1e-12), (name, run, key)
+                scaled, decimals = report._gcl_unit(key, value)
+                assert f"{scaled:.{decimals}f}" == printed, (name, run, key)
+    # as printed in methods.md (a sample of each new row)
+    assert tables["2a"]["hred_history"]["distinct_2"] == "2.546"
+    assert tables["2a"]["hred_history_gcl"]["distinct_3"] == "11.22"
+    assert tables["2a"]["hran_history"]["coherence"] == "40.22"
+    assert tables["2a"]["hran_history_gcl"]["distinct_2"] == "4.974"
+    assert tables["2a"]["transformer_history_gcl"]["distinct_2"] == "4.562"
+    assert paper_results.paper_fraction(tables["3"], "seq2seq_history_adversarial_last", "distinct_2") == pytest.approx(
+        0.03357
+    )
+    assert paper_results.paper_fraction(tables["3"], "seq2seq_history_mmi", "bleu_1") == pytest.approx(0.1403)
+    assert paper_results.paper_fraction(tables["3"], "seq2seq_history_deeprl", "distinct_2") == pytest.approx(0.03838)
+    assert paper_results.paper_fraction(tables["3"], "seq2seq_history_cvae", "distinct_2") == pytest.approx(0.02326)
+    assert paper_results.paper_fraction(tables["3"], "seq2seq_history_dialogwae", "entropy_2") == pytest.approx(11.09)
+    assert tables["3"]["seq2seq_history_gcl"] == tables["2a"]["seq2seq_history_gcl"]
+    assert paper_results.paper_fraction(tables["3"], "seq2seq_history_mmi_antilm", "bleu_1") is None  # no paper row
+
+
 def test_stage_renders_tables_claims_case_study_and_not_run(project):
     from stages import report as stage
 
@@ -140,7 +175,7 @@ def test_stage_renders_tables_claims_case_study_and_not_run(project):
         "| Seq2Seq | **ours** (3 seeds) | " + " | ".join(["1.353 ± 0.123"] * 11) + " | 7.150 ± 0.650 |"
         in text
     )
-    assert "| Transformer | *paper* | 11.46 |" in text
+    assert "| Transformer (multi-turn) | *paper* | 11.46 |" in text
     # not run: in both papers' tables, the persona control and the shuffled-context diagnostic
     assert text.count("| PostKS | **ours** | not run |") == 4
     # metrics without query_gain (generations older than the log-prob columns): "—"
