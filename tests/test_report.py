@@ -117,6 +117,160 @@ def test_paper_numbers_are_consistent():
     assert paper_results.paper_fraction(paper_results.PEDNET_TABLE2, "pednet", "bleu_1") is None
 
 
+def test_gcl_paper_tables_round_trip_through_paper_fraction():
+    """Every printed value of GCL Table 2(a) and Table 3: percent -> fraction (entropies: bits, as
+    printed) -> the report's unit prints the paper's string again."""
+    gcl_keys = [key for _, key in report.GCL_COLUMNS]
+    tables = {"2a": paper_results.GCL_TABLE2A, "3": paper_results.GCL_TABLE3}
+    assert list(tables["2a"]) == [f"{g}_history{s}" for g in ("seq2seq", "hred", "transformer", "hran")
+                                  for s in ("", "_gcl")]  # fmt: skip
+    assert list(tables["3"]) == [f"seq2seq_history_{x}" for x in
+                                 ("adversarial_last", "mmi", "deeprl", "cvae", "dialogwae", "gcl")]  # fmt: skip
+    for name, table in tables.items():
+        for run, row in table.items():
+            assert list(row) == sorted(row, key=gcl_keys.index) and set(row) == set(gcl_keys), (name, run)
+            for key, printed in row.items():
+                value = paper_results.paper_fraction(table, run, key)
+                expected = float(printed) if key in paper_results.BITS else float(printed) / 100
+                assert value == pytest.approx(expected, rel=1e-12), (name, run, key)
+                scaled, decimals = report._gcl_unit(key, value)
+                assert f"{scaled:.{decimals}f}" == printed, (name, run, key)
+    # as printed in methods.md (a sample of each new row)
+    assert tables["2a"]["hred_history"]["distinct_2"] == "2.546"
+    assert tables["2a"]["hred_history_gcl"]["distinct_3"] == "11.22"
+    assert tables["2a"]["hran_history"]["coherence"] == "40.22"
+    assert tables["2a"]["hran_history_gcl"]["distinct_2"] == "4.974"
+    assert tables["2a"]["transformer_history_gcl"]["distinct_2"] == "4.562"
+    assert paper_results.paper_fraction(tables["3"], "seq2seq_history_adversarial_last", "distinct_2") == pytest.approx(
+        0.03357
+    )
+    assert paper_results.paper_fraction(tables["3"], "seq2seq_history_mmi", "bleu_1") == pytest.approx(0.1403)
+    assert paper_results.paper_fraction(tables["3"], "seq2seq_history_deeprl", "distinct_2") == pytest.approx(0.03838)
+    assert paper_results.paper_fraction(tables["3"], "seq2seq_history_cvae", "distinct_2") == pytest.approx(0.02326)
+    assert paper_results.paper_fraction(tables["3"], "seq2seq_history_dialogwae", "entropy_2") == pytest.approx(11.09)
+    assert tables["3"]["seq2seq_history_gcl"] == tables["2a"]["seq2seq_history_gcl"]
+    assert paper_results.paper_fraction(tables["3"], "seq2seq_history_mmi_antilm", "bleu_1") is None  # no paper row
+
+
+def test_every_run_of_the_gcl_tables_is_in_the_report_with_a_name():
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text(encoding="utf-8"))
+    models = params["report"]["models"]
+    runs = [*paper_results.GCL_TABLE2A, *report.GCL_TABLE3_RUNS]
+    assert [r for r in runs if r not in models] == []
+    named = set(models) | {r for c in stats.CLAIMS for r in (c.lower, c.higher)}
+    assert sorted(r for r in named if r not in report.DISPLAY) == []
+    assert {c.paper for c in stats.CLAIMS} <= set(report.PAPERS)
+
+
+# runs of the GCL tables present in `gcl_project` (run -> seed -> scale); the others are not run
+GCL_SEEDS = {
+    "hred_history": {1: 1.0, 2: 1.1, 3: 1.2},
+    "hred_history_gcl": {1: 2.0},
+    "seq2seq_history_gcl": {1: 3.0, 2: 3.0},
+    "seq2seq_history_cvae": {1: 0.5},
+    "seq2seq_history_mmi_antilm": {2: 1.5},
+}
+
+
+@pytest.fixture
+def gcl_project(project):
+    for model, scales in GCL_SEEDS.items():
+        for seed, scale in scales.items():
+            write_json(fake_metrics(scale), project / f"reports/metrics/{model}/seed{seed}.json")
+            write_parquet(fake_generations(model, [None] * 5, seed),
+                          project / f"reports/generations/{model}/seed{seed}.parquet")  # fmt: skip
+    return project
+
+
+def _section(text: str, heading: str) -> list[str]:
+    """The lines of the section ``## heading...`` up to the next ``## ``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"## {heading}"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
+
+
+def _rows(section: list[str]) -> list[tuple[str, str]]:
+    """(model, source) of each table row."""
+    rows = [line.split(" | ") for line in section if line.startswith("| ") and not line.startswith("| Model |")]
+    return [(cells[0][2:], cells[1]) for cells in rows]
+
+
+def test_gcl_tables_with_some_runs_present_and_others_not(gcl_project):
+    from stages import report as stage
+
+    stage.main()
+    text = (gcl_project / "reports/results.md").read_text()
+    ours = " | ".join(["1.353 ± 0.123"] * 11) + " | 7.150 ± 0.650 | 11.28 ± 1.02 |"  # scales 1.0, 1.1, 1.2
+    not_run = " | not run |" + "  |" * (len(report.GCL_COLUMNS) - 1)
+
+    table2a = _section(text, "GCL Table 2(a)")
+    rows = _rows(table2a)
+    # all eight paper rows, each followed by ours; then the runs outside the paper's table
+    generators = [(name, run) for name, run in (("Seq2Seq", "seq2seq_history"), ("HRED", "hred_history"),
+                  ("Transformer", "transformer_history"), ("HRAN", "hran_history"))]  # fmt: skip
+    expected = []
+    for name, run in generators:
+        for suffix, label in (("", ""), ("_gcl", " + GCL")):
+            source = {"hred_history": "**ours** (3 seeds)", "hred_history_gcl": "**ours** (1 seed)",
+                      "seq2seq_history_gcl": "**ours** (2 seeds)"}.get(run + suffix, "**ours**")  # fmt: skip
+            expected += [(f"{name} (multi-turn){label}", "*paper*"), (f"{name} (multi-turn){label}", source)]
+    assert rows[:16] == expected
+    assert "| HRED (multi-turn) | *paper* | 12.41 | 3.836 | 0.846 | 0.236 | 0.474 | 2.546 | 6.127 | 36.52 | " \
+        "28.37 | 64.12 | 39.08 | 6.792 | 10.66 |" in table2a
+    assert "| HRAN (multi-turn) + GCL | *paper* | 13.43 | 4.503 | 1.063 | 0.351 | 0.771 | 4.974 | 12.38 | 39.04 | " \
+        "30.08 | 64.48 | 46.63 | 6.942 | 10.87 |" in table2a
+    assert "| HRED (multi-turn) | **ours** (3 seeds) | " + ours in table2a
+    assert "| HRED (multi-turn) + GCL | **ours** (1 seed) | " + " | ".join(["2.460"] * 11) + " | 13.00 | 20.50 |" in table2a
+    assert "| HRAN (multi-turn) | **ours**" + not_run in table2a
+    assert "| Transformer (multi-turn) + GCL | **ours**" + not_run in table2a
+    # the Table 3 learners have their own table
+    assert not any("CVAE" in model or "MMI" in model or "Adversarial" in model for model, _ in rows)
+
+    table3 = _section(text, "GCL Table 3")
+    rows = _rows(table3)
+    assert rows == [
+        ("Adversarial (Seq2Seq, multi-turn), last step", "*paper*"),
+        ("Adversarial (Seq2Seq, multi-turn), last step", "**ours**"),
+        ("MMI-bidi (Seq2Seq, multi-turn)", "*paper*"), ("MMI-bidi (Seq2Seq, multi-turn)", "**ours**"),
+        ("DeepRL (Seq2Seq, multi-turn)", "*paper*"), ("DeepRL (Seq2Seq, multi-turn)", "**ours**"),
+        ("CVAE (Seq2Seq, multi-turn)", "*paper*"), ("CVAE (Seq2Seq, multi-turn)", "**ours** (1 seed)"),
+        ("DialogWAE (Seq2Seq, multi-turn)", "*paper*"), ("DialogWAE (Seq2Seq, multi-turn)", "**ours**"),
+        ("Seq2Seq (multi-turn) + GCL", "*paper*"), ("Seq2Seq (multi-turn) + GCL", "**ours** (2 seeds)"),
+        ("MMI-antiLM (Seq2Seq, multi-turn)", "**ours** (1 seed)"),  # no paper row
+        ("Seq2Seq (multi-turn)", "**ours**"),  # the MLE model, not run here
+        ("Gold (reference)", "*control*"), ("Constant reply", "*control*"),
+    ]  # fmt: skip
+    assert "| MMI-bidi (Seq2Seq, multi-turn) | *paper* | 14.03 | 4.646 | 1.334 | 0.502 | 0.473 | 2.443 | 5.515 | " \
+        "39.34 | 30.92 | 64.84 | 45.16 | 6.874 | 10.65 |" in table3
+    assert "| DialogWAE (Seq2Seq, multi-turn) | *paper* | 11.43 | 2.926 | 0.568 | 0.144 | 0.994 | 5.080 | 9.928 | " \
+        "38.68 | 28.70 | 63.39 | 41.06 | 7.009 | 11.09 |" in table3
+    assert "| CVAE (Seq2Seq, multi-turn) | **ours** (1 seed) | " + " | ".join(["0.615"] * 11) + " | 3.250 | 5.125 |" \
+        in table3
+    assert "| DeepRL (Seq2Seq, multi-turn) | **ours**" + not_run in table3
+
+    # claims: computed where both runs have generations, "not run" otherwise
+    claims = {c["id"]: c for c in json.loads((gcl_project / "reports/claims.json").read_text())}
+    assert list(claims) == [c.id for c in stats.CLAIMS]
+    hred = claims["gcl_table2a:distinct_2:hred_history<hred_history_gcl"]
+    assert hred["holds"] != stats.NOT_RUN and hred["n_seeds"] == {"lower": 3, "higher": 1}
+    assert claims["gcl_table2a:bleu_1:hran_history<hran_history_gcl"]["holds"] == stats.NOT_RUN
+    assert claims["gcl_table2a:bleu_1:hran_history<hran_history_gcl"]["n_seeds"] == {"lower": 0, "higher": 0}
+    cvae = claims["gcl_table3:distinct_2:seq2seq_history_cvae<seq2seq_history_gcl"]
+    assert cvae["holds"] != stats.NOT_RUN and cvae["n_seeds"] == {"lower": 1, "higher": 2}
+    assert claims["gcl_table3:bleu_1:seq2seq_history_mmi_antilm<seq2seq_history_gcl"]["n_seeds"] == {
+        "lower": 1, "higher": 2}  # fmt: skip
+    mmi = claims["gcl_table3:bleu_1:seq2seq_history_gcl<seq2seq_history_mmi"]  # the paper prints MMI above
+    assert mmi["holds"] == stats.NOT_RUN and mmi["n_seeds"] == {"lower": 2, "higher": 0}
+    lines = text.splitlines()
+    assert any(line.startswith("| CVAE (Seq2Seq, multi-turn) < Seq2Seq (multi-turn) + GCL on Dist-2 (GCL Table 3) | ")
+               and not line.endswith("| not run | 1 / 2 |") for line in lines)  # fmt: skip
+    assert ("| Seq2Seq (multi-turn) + GCL < MMI-bidi (Seq2Seq, multi-turn) on BLEU-1 (GCL Table 3) "
+            "|  |  |  | not run | 2 / 0 |") in lines
+    assert ("| HRAN (multi-turn) < HRAN (multi-turn) + GCL on Dist-3 (GCL Table 2(a)) |  |  |  | not run | 0 / 0 |"
+            in lines)
+
+
 def test_stage_renders_tables_claims_case_study_and_not_run(project):
     from stages import report as stage
 
@@ -133,14 +287,14 @@ def test_stage_renders_tables_claims_case_study_and_not_run(project):
     # the controls, in every table of metrics
     assert "| Gold (reference) | *control* | " + " | ".join(["0.049"] * 6) + " |" in lines
     assert "| Constant reply | *control* | " + " | ".join(["0.005"] * 6) + " |" in lines
-    assert text.count("| Gold (reference) | *control* |") == 3
+    assert text.count("| Gold (reference) | *control* |") == 4
     # GCL layout: percent (1.353 ± 0.123), entropies in bits (7.150 ± 0.650)
     assert "| Seq2Seq (multi-turn) + GCL | *paper* | 13.66 | 4.916 | 1.597 | 0.612 |" in text
     assert (
         "| Seq2Seq | **ours** (3 seeds) | " + " | ".join(["1.353 ± 0.123"] * 11) + " | 7.150 ± 0.650 |"
         in text
     )
-    assert "| Transformer | *paper* | 11.46 |" in text
+    assert "| Transformer (multi-turn) | *paper* | 11.46 |" in text
     # not run: in both papers' tables, the persona control and the shuffled-context diagnostic
     assert text.count("| PostKS | **ours** | not run |") == 4
     # metrics without query_gain (generations older than the log-prob columns): "—"
@@ -148,7 +302,11 @@ def test_stage_renders_tables_claims_case_study_and_not_run(project):
     assert (
         "Evaluated: Seq2Seq (3 seeds), GPMN (1 seed), PEDNet (2 seeds), PEDNet + GCL (1 seed). "
         "Not run yet: PostKS, Seq2Seq (multi-turn), Seq2Seq (multi-turn) + GCL, "
-        "Seq2Seq (multi-turn) + GCL, last step." in text
+        "Seq2Seq (multi-turn) + GCL, last step, HRED (multi-turn), HRED (multi-turn) + GCL, "
+        "Transformer (multi-turn), Transformer (multi-turn) + GCL, HRAN (multi-turn), HRAN (multi-turn) + GCL, "
+        "Adversarial (Seq2Seq, multi-turn), last step, MMI-bidi (Seq2Seq, multi-turn), "
+        "MMI-antiLM (Seq2Seq, multi-turn), DeepRL (Seq2Seq, multi-turn), CVAE (Seq2Seq, multi-turn), "
+        "DialogWAE (Seq2Seq, multi-turn)." in text
     )
     # the shuffled-persona control: every run and control
     assert "| Model | Source | P-F1 | P-F1 shuffled | P-F1 gain | P-Cover | P-Cover shuffled |" in lines

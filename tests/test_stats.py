@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from pipeline import metrics, stats
+from pipeline import metrics, paper_results, stats
 from pipeline.io import InputError
 
 # ---------------------------------------------------------------- summarize
@@ -208,16 +208,60 @@ def test_claims_are_reproducible_and_independent_of_each_other():
 
 def test_the_papers_claims():
     ids = [c.id for c in stats.CLAIMS]
-    assert len(ids) == len(set(ids)) == 6 + 14 + 7
+    assert len(ids) == len(set(ids)) == 6 + 14 + 7 + 3 * 7 + 6 * 2
     assert ids[:3] == [
         "pednet_table2:persona_f1:seq2seq<gpmn",
         "pednet_table2:persona_f1:gpmn<postks",
         "pednet_table2:persona_f1:postks<pednet",
     ]
     assert "pednet_table2:persona_coverage:postks<pednet" in ids
-    for base in ("seq2seq_history", "pednet"):  # GCL's Seq2Seq reads the multi-turn history
+    # GCL Table 2(a): every generator (all read the multi-turn history) + GCL above it by MLE
+    for base in ("seq2seq_history", "pednet", "hred_history", "transformer_history", "hran_history"):
         for m in ("distinct_1", "distinct_2", "distinct_3", "bleu_1", "bleu_2", "bleu_3", "bleu_4"):
             assert f"gcl_table2a:{m}:{base}<{base}_gcl" in ids
+    # GCL Table 3: GCL above each learner on Dist-2 and BLEU-1, but MMI above GCL on BLEU-1 (as printed)
+    gcl = "seq2seq_history_gcl"
+    for learner in ("adversarial_last", "mmi", "mmi_antilm", "deeprl", "cvae", "dialogwae"):
+        assert f"gcl_table3:distinct_2:seq2seq_history_{learner}<{gcl}" in ids
+        bleu = f"gcl_table3:bleu_1:{gcl}<seq2seq_history_mmi" if learner == "mmi" else \
+            f"gcl_table3:bleu_1:seq2seq_history_{learner}<{gcl}"
+        assert bleu in ids
+    assert sum(c.paper == "gcl_table3" for c in stats.CLAIMS) == 12
+    table3 = {f"seq2seq_history_{x}" for x in ("adversarial_last", "mmi", "mmi_antilm", "deeprl", "cvae", "dialogwae")}
     assert set(stats.metrics_by_run(stats.CLAIMS)) == {"seq2seq", "gpmn", "postks", "pednet", "seq2seq_history",
                                                        "seq2seq_history_gcl", "seq2seq_history_gcl_last",
-                                                       "pednet_gcl"}  # fmt: skip
+                                                       "pednet_gcl", "hred_history", "hred_history_gcl",
+                                                       "transformer_history", "transformer_history_gcl",
+                                                       "hran_history", "hran_history_gcl"} | table3  # fmt: skip
+
+
+def test_claims_agree_with_the_papers_printed_numbers():
+    """Every claim whose two runs both have a row in its paper's table says what that table prints."""
+    tables = {"pednet_table2": paper_results.PEDNET_TABLE2, "gcl_table2a": paper_results.GCL_TABLE2A,
+              "gcl_table3": paper_results.GCL_TABLE3}  # fmt: skip
+    checked = 0
+    for c in stats.CLAIMS:
+        table = tables[c.paper]
+        if c.lower in table and c.higher in table:
+            lower, higher = (paper_results.paper_fraction(table, run, c.metric) for run in (c.lower, c.higher))
+            assert lower < higher, c.id
+            checked += 1
+    # all but pednet<pednet_gcl and the _last run in 2(a), and MMI-antiLM (no paper row) in Table 3
+    assert checked == 6 + 4 * 7 + 5 * 2
+
+
+def test_a_claim_on_a_run_not_run_yet():
+    """A new run without generations (absent from ``runs``): its claims are "not run", the rest computed."""
+    gcl = _seeds("seq2seq_history_gcl", [[f"reply {i}" for i in range(N)]] * 2, REFS)
+    cvae = _seeds("seq2seq_history_cvae", [["i like it ."] * N], REFS)
+    claims = [c for c in stats.CLAIMS if c.paper == "gcl_table3"]
+    out = {c["id"]: c for c in stats.evaluate_claims(claims, {"seq2seq_history_gcl": gcl,
+                                                               "seq2seq_history_cvae": cvae}, 50)}  # fmt: skip
+    done = out["gcl_table3:distinct_2:seq2seq_history_cvae<seq2seq_history_gcl"]
+    assert done["holds"] is True and done["n_seeds"] == {"lower": 1, "higher": 2}
+    for learner in ("adversarial_last", "mmi", "mmi_antilm", "deeprl", "dialogwae"):
+        for c in out.values():
+            if f"seq2seq_history_{learner}" in (c["lower"], c["higher"]):
+                assert c["holds"] == stats.NOT_RUN and c["difference"] is None, c["id"]
+    mmi = out["gcl_table3:bleu_1:seq2seq_history_gcl<seq2seq_history_mmi"]
+    assert mmi["n_seeds"] == {"lower": 2, "higher": 0}
