@@ -275,8 +275,8 @@ def test_error_messages(root, tmp_path, capsys, monkeypatch):
 
     torch.save({"kind": "msn", "config": {}, "state_dict": {}}, tmp_path / "msn.pt")
     assert "not a generator checkpoint" in _fails(capsys, "--model", str(tmp_path / "msn.pt"))
-    torch.save({**ck, "model_name": "transformer"}, tmp_path / "unknown.pt")
-    assert "checkpoint of an unknown model 'transformer'" in _fails(capsys, "--model", str(tmp_path / "unknown.pt"))
+    torch.save({**ck, "model_name": "vhred"}, tmp_path / "unknown.pt")
+    assert "checkpoint of an unknown model 'vhred'" in _fails(capsys, "--model", str(tmp_path / "unknown.pt"))
     torch.save({**ck, "model_params": {**ck["model_params"], "hidden": 8}}, tmp_path / "hidden.pt")
     assert "has shape" in _fails(capsys, "--model", str(tmp_path / "hidden.pt"))
 
