@@ -51,6 +51,15 @@ TINY_DAG = {
     **{f"{m}_history": {"max_context_tokens": 30} for m in ("hred", "hran", "transformer")},
     **{f"{m}_history_gcl": {"train": {"batch_size": 4, "max_steps": 4, "validate_every": 2, "checkpoint_every": 2,
                                       "criterion": "cl_nll", "clip": 1.0}} for m in ("hred", "hran", "transformer")},
+    # Table 3's learners: a few steps each (their defaults are 400-step fine-tunes)
+    **{f"seq2seq_history_{r}": {"max_context_tokens": 30} for r in ("backward", "lm")},
+    "seq2seq_history_cvae": {"max_context_tokens": 30, "latent": 4, "kl_anneal_steps": 10},
+    "seq2seq_history_dialogwae": {"max_context_tokens": 30, "latent": 4, "noise": 4, "critic_hidden": 8},
+    **{f"seq2seq_history_{r}": {"train": {"batch_size": 4, "max_steps": 4, "validate_every": 2,
+                                          "checkpoint_every": 2}} for r in ("deeprl", "adversarial")},
+    "deeprl": {"max_len": 6, "valid_examples": 8},
+    "adversarial": {"hidden": 8, "d_pretrain_steps": 2, "max_len": 6},
+    "mmi": {"n_best": 3},
     "generate": {"max_len": 8},
     "report": {"case_studies": 1},
 }
@@ -71,6 +80,7 @@ def full(tmp_path_factory):
     return repo
 
 
+@pytest.mark.timeout(2400)
 def test_every_model_is_trained_decoded_evaluated_and_reported(full):
     for model in MODELS + OTHER_GENERATORS:
         for seed in SEEDS:
@@ -111,6 +121,7 @@ def test_every_model_is_trained_decoded_evaluated_and_reported(full):
     assert "Running stage" not in run(["dvc", "repro"], full).stdout  # a no-op now
 
 
+@pytest.mark.timeout(2400)
 def test_sweep_point_as_a_dvc_experiment(full):
     run(["git", "add", "-A"], full)
     run(["git", "commit", "-qm", "baseline"], full)
