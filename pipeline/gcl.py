@@ -422,12 +422,12 @@ class GroupContrastive:
         terms = paper_terms(d, s, positive) if self.cfg.loss == "paper" else code_terms(d, s)
         return (terms * weight).sum()
 
-    def _log_p(self, model, pb: Batch, contexts: Batch | None = None, inverse: torch.Tensor | None = None
-               ) -> torch.Tensor:
+    def _log_p(self, model, pb: Batch, dataset: DialogueDataset | None = None,
+               context_rows: list[int] | None = None) -> torch.Tensor:
         """log p_m(r | c) of every pair, with dropout off unless ``score_dropout`` (the cached
         reference was scored in eval mode); gradients flow either way.
 
-        ``contexts``/``inverse``: the pairs' distinct contexts and pair -> context index. In
+        ``dataset``/``context_rows``: where the pairs' contexts come from. In
         eval mode the encoder reads the context only (PostKS's posterior reads the response
         in training mode alone), so each distinct context is encoded once and its state
         expanded to its pairs: an example's response-side pairs and the original pair share
@@ -436,8 +436,11 @@ class GroupContrastive:
         if not self.cfg.score_dropout:
             model.eval()
         try:
-            if contexts is None or model.training or not shares_contexts(model):
+            if context_rows is None or model.training or not shares_contexts(model):
                 return model(pb, method="sequence_log_prob").float()
+            distinct, inverse = np.unique(np.asarray(context_rows), return_inverse=True)
+            contexts = dataset.collate(distinct.tolist()).to(pb.response.device)
+            inverse = torch.as_tensor(inverse.reshape(-1), device=pb.response.device)
             state = unwrap(model).reorder_state(model(contexts, method="encode"), inverse)
             return -model(pb, method="token_nll", state=state).sum(1).float()
         finally:
@@ -447,11 +450,8 @@ class GroupContrastive:
             device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Batch]:
         context_rows = [p.context_row for p in pairs]
         pb = pair_batch(dataset, context_rows, [p.response_row for p in pairs]).to(device)
-        distinct, inverse = np.unique(np.asarray(context_rows), return_inverse=True)
-        contexts = dataset.collate(distinct.tolist()).to(device)
-        inverse = torch.as_tensor(inverse.reshape(-1), device=device)
         f32 = dict(dtype=torch.float32, device=device)
-        d = self._log_p(model, pb, contexts, inverse) - torch.tensor([p.reference for p in pairs], **f32)
+        d = self._log_p(model, pb, dataset, context_rows) - torch.tensor([p.reference for p in pairs], **f32)
         s = torch.tensor([p.s for p in pairs], **f32)
         positive = torch.tensor([p.positive for p in pairs], device=device)
         return self.contrastive_loss(d, s, positive, torch.tensor(weight, **f32)), d, positive, pb
