@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="pednet/model params to override, e.g. freeze_embeddings=true")
     parser.add_argument("--out", default=REPORT)
     args = parser.parse_args(argv)
+    if bad := [s for s in args.set if "=" not in s]:
+        parser.error(f"--set {bad[0]!r}: expected KEY=VALUE")
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     write_json(probe(args.epochs, overrides), args.out)
 

@@ -33,3 +33,10 @@ def test_main_writes_the_report(data, tmp_path, monkeypatch):
     out = tmp_path / "probe.json"
     selection_probe.main(["--epochs", "2", "--set", "freeze_embeddings=true", "k=2", "--out", str(out)])
     assert json.loads(out.read_text()) == {"epochs": 2, "o": {"freeze_embeddings": True, "k": 2}}
+
+
+def test_set_without_equals_is_one_error_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        selection_probe.main(["--set", "freeze_embeddings"])
+    assert exit_info.value.code == 2
+    assert "--set 'freeze_embeddings': expected KEY=VALUE" in capsys.readouterr().err
