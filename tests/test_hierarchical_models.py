@@ -14,6 +14,7 @@ from pipeline.dataset import Vocab
 from pipeline.decode import beam_search, generate_rows, greedy
 from pipeline.models import model_params
 from pipeline.models.hierarchy import EOT_ID, split_utterances
+from pipeline.models.transformer import sinusoid
 from pipeline.train import autocast, load_checkpoint, load_trained, save_checkpoint
 from tests.generator_checks import check_forward_backward, check_overfits, check_sequence_log_prob
 from tests.model_inputs import build_tiny, tiny_params, write_model_inputs
@@ -179,6 +180,22 @@ def test_transformer_sizes_come_from_params(data_dir, vocab):
     assert isinstance(post.encoder_norm, torch.nn.Identity)
     with pytest.raises(ValueError, match="multiple of heads"):
         make_model("transformer", data_dir, vocab, hidden=16, heads=3)
+
+
+def test_transformer_words_are_not_drowned_by_the_positions(data_dir, vocab):
+    """Vaswani et al.'s sqrt(d) scaling: unit-norm projected word vectors would be a tenth of
+    the sinusoids' norm, and the model ignored its context. The words must weigh as much."""
+    model, _ = make_model("transformer", data_dir, vocab, hidden=64, heads=2)
+    model.eval()
+    ids = torch.arange(1, 9).unsqueeze(0)
+    emb = model.embeddings(ids)
+    emb = emb / emb.norm(dim=-1, keepdim=True)  # pretrained-like rows of norm 1
+    with torch.no_grad():
+        positions = torch.arange(8)
+        words = model.embed(emb, positions) - model.embed(torch.zeros_like(emb), positions)
+        pos = sinusoid(positions, 64)
+    ratio = (words.norm(dim=-1) / pos.norm(dim=-1)).mean().item()
+    assert ratio > 0.3, ratio
 
 
 # -- the stages, as dvc.yaml runs them ------------------------------------------------------------
