@@ -56,6 +56,21 @@ def test_gaussian_kl_by_hand():
         (math.e - 2) / 2)
 
 
+def test_cvae_annealing_is_the_loops_warm_up(data_dir, vocab):
+    """While the KL weight is below 1, validations must not decay the LR or stop training."""
+    model, ds = make("cvae", data_dir, vocab, latent=8, kl_anneal_steps=10)
+    model.train()
+    batch = ds.collate(list(range(4)))
+    assert model.warmup_epochs > 10**6  # before any step
+    model.loss(batch, step=9)
+    assert model.warmup_epochs > 10**6
+    model.loss(batch, step=10)
+    assert model.warmup_epochs == 0
+    model.eval()
+    model.loss(batch)  # validation leaves the training state alone
+    assert model.warmup_epochs == 0
+
+
 def test_cvae_loss_terms_gradients_and_bow_value(data_dir, vocab):
     model, ds = make("cvae", data_dir, vocab, latent=8, kl_anneal_steps=10)
     model.train()
@@ -392,3 +407,20 @@ def test_adversarial_objective_pretrains_d_then_trains_the_generator(data_dir, v
     for before, p in zip(d_grads, adv.discriminator.parameters(), strict=True):  # G's loss never reaches D
         assert (before is None and p.grad is None) or torch.equal(before, p.grad)
     assert not any(n.startswith("discriminator") for n, _ in gen.named_parameters())
+
+
+def test_scaled_linear_keeps_its_init_and_moves_scale_times_slower():
+    from pipeline.models.dialogwae import ScaledLinear
+
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(6, 3)
+    torch.manual_seed(0)
+    slow = ScaledLinear(6, 3, scale=0.1)
+    x = torch.randn(4, 6)
+    assert torch.allclose(slow(x), plain(x), atol=1e-6)  # the same function at init
+    before = slow.weight.detach() * slow.scale
+    opt = torch.optim.Adam(slow.parameters(), lr=1e-2)
+    slow(x).sum().backward()
+    opt.step()
+    moved = (slow.weight.detach() * slow.scale - before).abs()
+    assert torch.allclose(moved, torch.full_like(moved, 1e-3), rtol=1e-3)  # Adam's first step: lr x scale
