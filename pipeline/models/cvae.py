@@ -16,8 +16,8 @@ history); x = u(Y), the same encoder over the response (shared weights).
   annealing w(t) = min(1, t / kl_anneal_steps) over optimizer steps (Zhao et al.: 0 → 1
   over 10,000 batches, about 1.5 epochs of their Switchboard training set; here
   params.yaml's 345 steps are 3 epochs of the slice, where MLE converges in 6-8), the
-  annealing being the loop's warm-up (:attr:`CVAE.warmup_epochs`); summed over the batch and divided by its response tokens, so the
-  three terms keep Zhao et al.'s per-sequence proportions while the loss has the scale of
+  annealing being the loop's warm-up (:attr:`CVAE.warmup_epochs`); summed over the batch
+  and divided by its response tokens, so the three terms keep Zhao et al.'s per-sequence proportions while the loss has the scale of
   the other generators' per-token NLL.
 
 Choices where the paper leaves room (or differs from this backbone):

@@ -146,8 +146,9 @@ class Transformer(Generator):
         [L] or [B, L] -> block input [B, L, d], float32.
 
         The words are scaled by sqrt(d) (Vaswani et al. §3.4): pretrained vectors projected to
-        d have a norm near 1, the sinusoids sqrt(d / 2); unscaled, the positions drowned the
-        words and the model learned to ignore its context (one reply for 82% of test turns)."""
+        d have a norm near 1, the sinusoids sqrt(d / 2); unscaled, the words were a tenth of
+        the block input. (The scaling alone did not stop the model ignoring its context on
+        the slice: query_gain 0.044 -> 0.037.)"""
         d = self.params["hidden"]
         return self.input_proj(emb).float() * math.sqrt(d) + sinusoid(positions, d)
 
