@@ -51,7 +51,14 @@ from pipeline.dataset import (
     shard,
 )
 from pipeline.io import InputError, atomic_path, progress, write_json
-from pipeline.models import Generator, ModelContext, build_model, get_model_class, model_params, perplexity
+from pipeline.models import (
+    Generator,
+    ModelContext,
+    build_model,
+    get_model_class,
+    perplexity,
+    run_model_params,
+)
 from pipeline.models.layers import load_embedding_matrix
 from pipeline.params_schema import validate as validate_params
 
@@ -362,9 +369,7 @@ def train(
     # Outside the default layout (tests, notebooks) the record goes beside the checkpoints.
     record_path = Path(record_path or (training_record_path(run, cfg.seed) if checkpoint_dir is None
                                        else ckpt_dir / "training.json"))
-    mparams = model_params(all_params, model_name)
-    if run != model_name:  # e.g. seq2seq_history_gcl: its section may override backbone keys too
-        mparams.update({k: v for k, v in (all_params.get(run) or {}).items() if k in mparams})
+    mparams = run_model_params(all_params, run, model_name)
     cls = get_model_class(model_name)
     d, device = setup_distributed(cfg.device)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from pipeline.dataset import Vocab, load_split
 from pipeline.gcl import GCLConfig, GroupContrastive
 from pipeline.io import InputError, load_params, read_parquet, run_stage
-from pipeline.models import get_model_class, model_params, run_architecture
+from pipeline.models import get_model_class, run_architecture, run_model_params
 from pipeline.params_schema import validate_run
 from pipeline.train import run_dirs, train
 
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise InputError(path, "missing (run train, select_groups and reference_scores first)")
 
     # The objective's copies of the splits, built exactly as the loop builds its own.
-    mparams = model_params(all_params, model)
-    mparams.update({k: v for k, v in all_params[run].items() if k in mparams})
+    mparams = run_model_params(all_params, run, model)
     vocab = Vocab.load(data_dir / "prepared" / "vocab.parquet")
     data_cfg = get_model_class(model).data_config(mparams)
     train_ds, valid_ds = (load_split(s, vocab, data_cfg, data_dir) for s in splits)

@@ -28,7 +28,7 @@ from pipeline.dataset import Vocab, load_split
 from pipeline.io import InputError, load_params, run_stage
 from pipeline.learners.adversarial import Adversarial, AdversarialConfig
 from pipeline.learners.rl import DeepRL, DeepRLConfig
-from pipeline.models import get_model_class, model_params, run_architecture
+from pipeline.models import get_model_class, run_architecture, run_model_params
 from pipeline.params_schema import validate_run
 from pipeline.train import load_trained, run_dirs, train, train_params
 from stages.train_gcl import file_digest
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     scorer = load_trained(reference, vocab, device)
     extra = {learner: asdict(cfg), "reference": ref}
     if learner == "deeprl":
-        mparams = model_params(all_params, model)
-        mparams.update({k: v for k, v in section.items() if k in mparams})
+        mparams = run_model_params(all_params, run, model)
         valid = load_split("valid", vocab, get_model_class(model).data_config(mparams), data_dir)
         objective = DeepRL(cfg, scorer, load_trained(backward, vocab, device), vocab, valid=valid)
         extra["backward"] = file_digest(backward)

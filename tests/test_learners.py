@@ -424,3 +424,43 @@ def test_scaled_linear_keeps_its_init_and_moves_scale_times_slower():
     opt.step()
     moved = (slow.weight.detach() * slow.scale - before).abs()
     assert torch.allclose(moved, torch.full_like(moved, 1e-3), rtol=1e-3)  # Adam's first step: lr x scale
+
+
+def test_deeprl_curriculum_forces_the_gold_prefix_and_anneals_to_zero(data_dir, vocab):
+    from pipeline.learners.rl import DeepRLConfig, sample_replies
+
+    cfg = DeepRLConfig(curriculum_tokens=4, curriculum_steps=100)
+    assert [cfg.curriculum(s) for s in (0, 30, 50, 76, 100, 500)] == [4, 3, 2, 1, 0, 0]
+    with pytest.raises(ValueError, match="curriculum"):
+        DeepRLConfig(curriculum_steps=0)
+    rl, ds = rl_setup(data_dir, vocab, curriculum_tokens=3, curriculum_steps=10)
+    policy, _ = make("seq2seq", data_dir, vocab, seed=1)
+    batch = ds.collate(list(range(8)))
+    a = sample_replies(policy, batch, 6, generator=torch.Generator().manual_seed(5), prefix=batch.response[:, :3])
+    gold = batch.response[:, :3]
+    assert torch.equal(a[:, :3][gold != vocab.pad], gold[gold != vocab.pad])  # the gold prefix, as given
+    # the forced tokens carry no policy gradient: with the whole reply forced, PG is 0
+    policy.train()
+    rl.cfg.mle_weight = 0.0
+    rl.cfg.curriculum_tokens, rl.cfg.max_len = 50, 6
+    out = rl(policy, batch, step=0)
+    assert out["curriculum_tokens"].item() == 50 and out["pg_loss"].item() == 0.0
+    out = rl(policy, batch, step=10)  # annealed to 0: every sampled token is an action
+    assert out["curriculum_tokens"].item() == 0 and out["pg_loss"].item() != 0.0
+
+
+def test_a_runs_own_model_keys_reach_its_model():
+    """`seq2seq_history_cvae: {model: cvae, latent: 32}` trains latent 32, not cvae.py's
+    default: keys of a run section that only the architecture takes were once dropped."""
+    from pipeline.models import run_model_params
+
+    params = {"model": {"hidden": 16}, "cvae": {"bow_weight": 0.5},
+              "cvae_run": {"model": "cvae", "context": "history", "latent": 32, "kl_anneal_steps": 7,
+                           "train": {"lr": 0.1}},
+              "gcl_variant": {"reference": "cvae_run", "gcl": {"k": 2}, "train": {"lr": 0.2}, "latent": 8}}
+    got = run_model_params(params, "cvae_run")
+    assert (got["latent"], got["kl_anneal_steps"], got["context"], got["hidden"], got["bow_weight"]) == (
+        32, 7, "history", 16, 0.5)
+    assert "train" not in got and "model" not in got
+    variant = run_model_params(params, "gcl_variant", "cvae")
+    assert variant["latent"] == 8 and not {"gcl", "train", "reference"} & set(variant)

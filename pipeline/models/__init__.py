@@ -97,6 +97,21 @@ def model_params(all_params: dict, name: str) -> dict:
     return {**BACKBONE_DEFAULTS, **(all_params.get("model") or {}), **own}
 
 
+def run_model_params(all_params: dict, run: str, model: str | None = None) -> dict:
+    """The model params of run ``run`` (architecture ``model``, default its section's
+    ``model`` key): :func:`model_params` of the architecture <- every key of the run's own
+    section but the loop's and the learners' sub-sections (``train``, ``gcl``, ...).
+    ``seq2seq_history_cvae: {model: cvae, latent: 32}`` trains a CVAE with latent 32;
+    params_schema.validate_run rejects a key the architecture does not take."""
+    from pipeline.params_schema import RUN_KEYS
+
+    model = model or run_architecture(all_params, run)
+    mparams = model_params(all_params, model)
+    if run != model:
+        mparams.update({k: v for k, v in (all_params.get(run) or {}).items() if k not in RUN_KEYS})
+    return mparams
+
+
 @dataclass
 class ModelContext:
     """What a model may need besides its params when it is built."""
