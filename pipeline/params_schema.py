@@ -312,7 +312,7 @@ MODEL_KEYS: dict[str, dict[str, Spec]] = {
     "cvae": {"latent": Int(min=1), "kl_anneal_steps": Int(min=0), "bow_weight": Float(min=0), "bow_tied": Bool(),
              "decode_seed": Int(min=0)},
     "dialogwae": {"latent": Int(min=1), "noise": Int(min=1), "gan_weight": Float(min=0), "gp_weight": Float(min=0),
-                  "gan_lr_scale": Float(gt=0, max=1),
+                  "gan_lr_scale": Float(gt=0, max=1), "posterior_gan_scale": Float(min=0, max=1),
                   "critic_hidden": Int(min=1), "decode_seed": Int(min=0)},
     "seq2seq_backward": {"source": Choice("last_turn", "history")},
     "response_lm": {},

@@ -141,6 +141,21 @@ def test_dialogwae_terms_reach_their_parameters(data_dir, vocab):
     assert greedy(model, batch, 6).tokens.shape[0] == 8
 
 
+def test_dialogwae_posterior_gan_scale_scales_only_the_posterior_sides_gan_gradient(data_dir, vocab):
+    c, x = torch.randn(8, 16), torch.randn(8, 16)
+    got = {}
+    for scale in (1.0, 0.25, 0.0):
+        model, ds = make("dialogwae", data_dir, vocab, latent=8, noise=8, critic_hidden=16, posterior_gan_scale=scale)
+        model.train()
+        batch = ds.collate(list(range(8)))
+        torch.manual_seed(3)  # the same posterior and prior noise for every scale
+        model.gan_terms(batch, c, x)["generator"].backward()
+        got[scale] = {part: grads(model, part) for part in ("posterior_generator", "prior_generator")}
+    assert got[0.25]["posterior_generator"] == pytest.approx(0.25 * got[1.0]["posterior_generator"], rel=1e-4)
+    assert got[0.0]["posterior_generator"] == 0 and got[0.0]["prior_generator"] > 0
+    assert got[0.0]["prior_generator"] == pytest.approx(got[1.0]["prior_generator"], rel=1e-5)
+
+
 def test_dialogwae_critic_learns_to_separate_shifted_codes(data_dir, vocab):
     from pipeline.models.dialogwae import gradient_penalty
 

@@ -31,7 +31,11 @@ the auto-encoder (:class:`ScaledLinear`; Gu et al.'s code gives the GAN its own 
 at rates 10^4-10^5 below the auto-encoder's): at the auto-encoder's rate the critic's
 gradient penalty ran away (training loss 10 -> 450 within 420 steps, validation PPL
 370 -> 1444). The posterior side is the auto-encoder's, as in the authors' code, at full
-rate. The single-Gaussian prior (DialogWAE, not the Gaussian-mixture DialogWAE-GMP).
+rate, and ``posterior_gan_scale`` scales the generator term's gradient into it (1: the
+paper's objective; below 1 the posterior learns mostly from reconstruction, as it does in
+the authors' code, where its GAN steps run at RMSprop 5e-5 against the auto-encoder's SGD
+1.0; 0: only the prior side moves to match the posterior). The single-Gaussian prior
+(DialogWAE, not the Gaussian-mixture DialogWAE-GMP).
 
 Validation (eval mode): z = G_q(μ_q), the loop's ``nll`` is the reconstruction NLL (there
 is no likelihood bound for an implicit prior). Decoding: z̃ = G_p(μ_p + σ_p ε) with ε per
@@ -48,7 +52,12 @@ from pipeline.models import ModelContext, register
 from pipeline.models.cvae import LatentSeq2Seq, gaussian_params
 
 DEFAULTS = {"latent": 64, "noise": 64, "gan_weight": 1.0, "gp_weight": 10.0, "critic_hidden": 128,
-            "gan_lr_scale": 0.1, "decode_seed": 1}
+            "gan_lr_scale": 0.1, "posterior_gan_scale": 1.0, "decode_seed": 1}
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x in the forward pass; its gradient times ``scale`` in the backward pass."""
+    return x if scale == 1.0 else scale * x + (1.0 - scale) * x.detach()
 
 
 class ScaledLinear(nn.Linear):
@@ -125,7 +134,7 @@ class DialogWAE(LatentSeq2Seq):
         """The generators' W (critic frozen) and the critic's −W + λ GP (codes detached),
         on fresh posterior and prior codes from the detached encodings."""
         c, x = c.detach(), x.detach()
-        z_post = torch.cat([self.posterior_code(x, c), c], -1)
+        z_post = torch.cat([scale_grad(self.posterior_code(x, c), self.params["posterior_gan_scale"]), c], -1)
         z_prior = torch.cat([self.prior_code(batch, c), c], -1)
         w_gen = self.critic_frozen(z_post).mean() - self.critic_frozen(z_prior).mean()
         real, fake = z_post.detach(), z_prior.detach()
