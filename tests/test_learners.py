@@ -479,3 +479,20 @@ def test_a_runs_own_model_keys_reach_its_model():
     assert "train" not in got and "model" not in got
     variant = run_model_params(params, "gcl_variant", "cvae")
     assert variant["latent"] == 8 and not {"gcl", "train", "reference"} & set(variant)
+
+
+def test_reward_control_averages_each_source_over_the_same_rows(data_dir, vocab):
+    from pipeline.learners.reward_control import constant, reward_table
+
+    rl, ds = rl_setup(data_dir, vocab)
+    sources = {"gold": lambda b: b.response, "dull": constant(vocab, "i do not know .")}
+    table = reward_table(rl, ds, sources, rows=10, batch_size=4)
+    assert set(table) == {"gold", "dull"} and set(table["gold"]) == {"ease", "flow", "coherence", "reward"}
+    # by hand over all 10 rows at once: the batch size must not matter
+    batch = ds.collate(list(range(10)))
+    want = rl.rewards(batch, constant(vocab, "i do not know .")(batch))
+    assert table["dull"]["reward"] == pytest.approx(float(want["reward"].mean()), rel=1e-4)
+    w = rl.cfg
+    assert table["gold"]["reward"] == pytest.approx(
+        w.ease_weight * table["gold"]["ease"] + w.flow_weight * table["gold"]["flow"]
+        + w.coherence_weight * table["gold"]["coherence"], rel=1e-5)
