@@ -44,6 +44,7 @@ from torch import nn
 
 from pipeline.dataset import Batch, DataConfig
 from pipeline.models.layers import Embeddings, Readout
+from pipeline.params_schema import RUN_KEYS  # the loop's and learners' sub-sections of a run
 
 State = dict[str, torch.Tensor]
 
@@ -103,8 +104,6 @@ def run_model_params(all_params: dict, run: str, model: str | None = None) -> di
     section but the loop's and the learners' sub-sections (``train``, ``gcl``, ...).
     ``seq2seq_history_cvae: {model: cvae, latent: 32}`` trains a CVAE with latent 32;
     params_schema.validate_run rejects a key the architecture does not take."""
-    from pipeline.params_schema import RUN_KEYS
-
     model = model or run_architecture(all_params, run)
     mparams = model_params(all_params, model)
     if run != model:
