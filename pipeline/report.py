@@ -41,6 +41,7 @@ DISPLAY = {
     "hred_history_gcl": "HRED (multi-turn) + GCL",
     "transformer_history": "Transformer (multi-turn)",
     "transformer_history_gcl": "Transformer (multi-turn) + GCL",
+    "transformer_history_gcl_last": "Transformer (multi-turn) + GCL, last step",
     "hran_history": "HRAN (multi-turn)",
     "hran_history_gcl": "HRAN (multi-turn) + GCL",
     "seq2seq_history_adversarial_last": "Adversarial (Seq2Seq, multi-turn), last step",

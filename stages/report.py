@@ -53,6 +53,7 @@ def training_records(runs: list[str], seeds: list[int]) -> dict:
                 **{key: stats.summarize([float(r[key]) for r in values])
                    for key in ("epochs", "steps", "best_val_ppl", "lr_decays")},
                 "stopped": {why: sum(r["stopped"] == why for r in values) for why in sorted({r["stopped"] for r in values})},
+                "best_step": [int(r["best_step"]) for r in values],
             }}
     return out
 
@@ -64,13 +65,17 @@ def training_table(records: dict) -> str:
 
     lines = ["## Training: to convergence", "",
              "Every MLE run trains until early stopping fires on validation NLL after at least one LR "
-             "decay (params `train`); GCL runs fine-tune their reference for a fixed number of steps. "
+             "decay (params `train`); GCL runs fine-tune their reference for at most a fixed number of steps. "
+             "Every run keeps the checkpoint best on its validation criterion: *Kept step* lists it per "
+             "seed, and a fine-tune that kept step 0 is its reference unchanged. "
              "Mean ± sd over seeds; per seed in reports/training.json.", "",
-             "| Run | Epochs | Steps | Best valid PPL | LR decays | Stopped |", "|---|---|---|---|---|---|"]
+             "| Run | Epochs | Steps | Kept step | Best valid PPL | LR decays | Stopped |",
+             "|---|---|---|---|---|---|---|"]
     for run, r in records.items():
         s = r["summary"]
         stopped = ", ".join(f"{why} × {n}" for why, n in s["stopped"].items())
-        lines.append(f"| {report.display(run)} | {ms(s['epochs'], 1)} | {ms(s['steps'], 0)} | "
+        kept = ", ".join(map(str, s.get("best_step", [])))
+        lines.append(f"| {report.display(run)} | {ms(s['epochs'], 1)} | {ms(s['steps'], 0)} | {kept} | "
                      f"{ms(s['best_val_ppl'], 2)} | {ms(s['lr_decays'], 1)} | {stopped} |")
     return "\n".join(lines) + "\n"
 

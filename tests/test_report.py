@@ -439,7 +439,7 @@ def test_training_records_are_collected(project):
 
     def record(epochs: int, stopped: str) -> dict:
         return {"epochs": epochs, "steps": epochs * 10, "best_val_ppl": 50.0 + epochs, "lr_decays": 1,
-                "stopped": stopped, "seed": 1}
+                "stopped": stopped, "seed": 1, "best_step": epochs * 10 - 20}
 
     write_json(record(8, "early_stopping"), project / "reports/training/seq2seq/seed1.json")
     write_json(record(10, "early_stopping"), project / "reports/training/seq2seq/seed2.json")
@@ -453,6 +453,7 @@ def test_training_records_are_collected(project):
     assert summary["stopped"] == {"early_stopping": 2, "max_epochs": 1}
     text = (project / "reports/results.md").read_text()
     assert "## Training: to convergence" in text and "early_stopping × 2, max_epochs × 1" in text
+    assert "| 60, 80, 380 |" in text  # the kept (best) step of each seed
 
     (project / "reports/training/seq2seq/seed2.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match="seed2.json: not JSON"):
