@@ -477,9 +477,10 @@ def render(
         "",
         claims_table(claims),
         "",
-        f"Difference: higher − lower, each the mean over its seeds on the full test set. 95% CI: paired "
-        f"bootstrap, {bootstrap:,} replicates, each resampling the test examples (the same draw for both "
-        "runs) and each run's seeds; the percentile interval, centred on the difference "
+        f"Difference: higher − lower, each the mean over the seeds both runs have (the seeds column: "
+        "a fine-tune's seed K starts from its reference's seed K) on the full test set. 95% CI: paired "
+        f"bootstrap, {bootstrap:,} replicates, each resampling the test examples and the shared seeds "
+        "(the same draws for both runs); the percentile interval, centred on the difference "
         "(pipeline/stats.py). Holds: yes if the CI is above 0, **no** if below, else not significant. "
         "p: two-sided bootstrap p-value. All numbers in reports/claims.json. Each claim is an order the "
         "paper prints: GCL Table 3's are GCL above each learner on Dist-2 and BLEU-1, except MMI above "

@@ -11,6 +11,12 @@ replacement, recomputes m on the drawn examples of each drawn seed and takes the
 difference of the seed means. Both sources of noise thus widen the interval: a claim
 that holds for one lucky seed does not hold here.
 
+Seeds are paired too. Where both runs have numbered seeds, a claim compares only the seeds
+they share, and each replicate draws the same seeds for both. A fine-tune's seed K starts
+from its reference's seed K (GCL, DeepRL, ...), so comparing 1 fine-tuned seed with the
+mean of 3 reference seeds would measure seed luck. When a fine-tune kept its step 0, that
+seed is identical to its reference, and such a claim would hold on nothing.
+
 The interval is the 2.5th..97.5th percentile of the replicate differences, shifted by
 (d − their mean) so that it is centred on d. Distinct-n needs the shift: a resample
 repeats examples, whose n-grams add to the total but never to the unique count, so
@@ -178,6 +184,7 @@ class ExampleStats:
     source: str
     example_ids: tuple[str, ...]
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    seed: int | None = None  # the training seed (None: a control); claims pair runs by it
     ngrams: dict[int, tuple[sparse.csr_matrix, np.ndarray]] = field(default_factory=dict)
 
 
@@ -206,6 +213,7 @@ def example_stats(
     idf: dict[str, float] | None = None,
     idf_missing: float = IDF_MISSING,
     source: str = "",
+    seed: int | None = None,
 ) -> ExampleStats:
     """Per-example statistics of a ``read_generations`` table for ``metric_names``
     (persona metrics need the ``idf`` table)."""
@@ -213,7 +221,7 @@ def example_stats(
     ids = tuple(generations["example_id"][i] for i in order)
     hyps = [generations["hypothesis"][i] for i in order]
     needs = {need for m in metric_names for need in _NEEDS[m]}
-    out = ExampleStats(source, ids)
+    out = ExampleStats(source, ids, seed=seed)
     if "persona" in needs:
         if idf is None:
             raise ValueError("persona metrics need the idf table")
@@ -297,11 +305,22 @@ class _Bootstrap:
         return self._values[key]
 
 
-def _seed_means(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """values [seeds, R] -> [R]: per replicate, the mean over a resample of the seeds."""
-    n_seeds, replicates = values.shape
-    pick = rng.integers(0, n_seeds, size=(replicates, n_seeds))
-    return values.T[np.arange(replicates)[:, None], pick].mean(axis=1)
+def _seed_means(values: np.ndarray, pick: np.ndarray) -> np.ndarray:
+    """values [seeds, R], pick [R, draws] -> [R]: per replicate, the mean over its drawn seeds."""
+    return values.T[np.arange(values.shape[1])[:, None], pick].mean(axis=1)
+
+
+def paired_seeds(lower: Sequence[ExampleStats], higher: Sequence[ExampleStats]):
+    """(lower, higher, paired): where both runs number their seeds, only the seeds they
+    share, in the same order (paired); otherwise both as they are (independent)."""
+    seeds_l, seeds_h = [s.seed for s in lower], [s.seed for s in higher]
+    if None in seeds_l or None in seeds_h:
+        return list(lower), list(higher), False
+    common = sorted(set(seeds_l) & set(seeds_h))
+    if not common:
+        return list(lower), list(higher), False
+    by_l, by_h = dict(zip(seeds_l, lower, strict=True)), dict(zip(seeds_h, higher, strict=True))
+    return [by_l[k] for k in common], [by_h[k] for k in common], True
 
 
 def _not_run(claim: Claim, n_lower: int, n_higher: int, replicates: int) -> dict:
@@ -317,6 +336,7 @@ def judge_claim(claim: Claim, runs: Mapping[str, Sequence[ExampleStats]], boot: 
     lower, higher = list(runs.get(claim.lower) or []), list(runs.get(claim.higher) or [])
     if not lower or not higher:
         return _not_run(claim, len(lower), len(higher), boot.replicates)
+    lower, higher, paired = paired_seeds(lower, higher)
     reference = lower[0]
     for s in lower[1:] + higher:
         if s.example_ids != reference.example_ids:
@@ -330,7 +350,9 @@ def judge_claim(claim: Claim, runs: Mapping[str, Sequence[ExampleStats]], boot: 
     difference = mean_higher - mean_lower
     # the seed draws: per claim, so that a claim's result does not depend on the others
     rng = np.random.default_rng([boot.seed, zlib.crc32(claim.id.encode())])
-    replicates = _seed_means(np.array(rep_higher), rng) - _seed_means(np.array(rep_lower), rng)
+    pick_higher = rng.integers(0, len(higher), size=(boot.replicates, len(higher)))
+    pick_lower = pick_higher if paired else rng.integers(0, len(lower), size=(boot.replicates, len(lower)))
+    replicates = _seed_means(np.array(rep_higher), pick_higher) - _seed_means(np.array(rep_lower), pick_lower)
     centred = replicates - replicates.mean() + difference
     lo, hi = (float(q) for q in np.percentile(centred, [2.5, 97.5]))
     tail = min(int(np.count_nonzero(centred <= 0)), int(np.count_nonzero(centred >= 0)))
@@ -341,7 +363,7 @@ def judge_claim(claim: Claim, runs: Mapping[str, Sequence[ExampleStats]], boot: 
         "p_value": min(1.0, 2 * (tail + 1) / (boot.replicates + 1)), "holds": holds,
         "means": {"lower": mean_lower, "higher": mean_higher},
         "n_seeds": {"lower": len(lower), "higher": len(higher)}, "n_examples": len(reference.example_ids),
-        "bootstrap": boot.replicates,
+        "paired_seeds": [s.seed for s in higher] if paired else None, "bootstrap": boot.replicates,
     }  # fmt: skip
 
 
@@ -350,7 +372,8 @@ def evaluate_claims(
 ) -> list[dict]:
     """One entry per claim, in order: ``difference`` (higher − lower, seed means on the test
     set), ``ci95``, ``holds`` (True: CI above 0, False: below 0, else "not significant";
-    "not run" when a run has no seeds), a two-sided bootstrap ``p_value`` and the sizes.
+    "not run" when a run has no seeds), a two-sided bootstrap ``p_value``, the sizes and
+    ``paired_seeds`` (the seeds compared, or None when the runs were compared unpaired).
     ``runs``: run -> its seeds' ExampleStats (``example_stats``)."""
     if replicates < 1:
         raise ValueError(f"need at least one bootstrap replicate, got {replicates}")

@@ -153,7 +153,7 @@ def main() -> None:
     example_stats = {
         run: [
             stats.example_stats(
-                gens[run][stem], needs.get(run, ()), idf, idf_missing, generations_path(run, seed)
+                gens[run][stem], needs.get(run, ()), idf, idf_missing, generations_path(run, seed), seed
             )
             for stem, seed in files[run]
             if stem in gens[run]

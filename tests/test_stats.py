@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -111,7 +112,7 @@ def test_resample_counts_are_reproducible_draws_of_n():
 
 def _seeds(run: str, hypothesis_lists, references=None) -> list[stats.ExampleStats]:
     return [
-        stats.example_stats(_generations(h, references), stats.SUPPORTED_METRICS, {}, source=f"{run}/seed{k}")
+        stats.example_stats(_generations(h, references), stats.SUPPORTED_METRICS, {}, source=f"{run}/seed{k}", seed=k)
         for k, h in enumerate(hypothesis_lists, start=1)
     ]
 
@@ -155,7 +156,8 @@ def test_bleu_claim_and_a_difference_inside_noise():
 
 
 def test_seed_noise_widens_the_interval():
-    base = _seeds("base", [["pizza"] * N], REFS)
+    # base: one fixed reply (a control, no seed), so each run's three seeds all count
+    base = [dataclasses.replace(s, seed=None) for s in _seeds("base", [["pizza"] * N], REFS)]
 
     def run(hits: list[int]) -> list[stats.ExampleStats]:  # seed k answers its first hits[k] turns right
         return _seeds("x", [[r if i < h else "pizza" for i, r in enumerate(REFS)] for h in hits], REFS)
@@ -258,10 +260,25 @@ def test_a_claim_on_a_run_not_run_yet():
     out = {c["id"]: c for c in stats.evaluate_claims(claims, {"seq2seq_history_gcl": gcl,
                                                                "seq2seq_history_cvae": cvae}, 50)}  # fmt: skip
     done = out["gcl_table3:distinct_2:seq2seq_history_cvae<seq2seq_history_gcl"]
-    assert done["holds"] is True and done["n_seeds"] == {"lower": 1, "higher": 2}
+    assert done["holds"] is True and done["n_seeds"] == {"lower": 1, "higher": 1}  # the seed both have
     for learner in ("adversarial_last", "mmi", "mmi_antilm", "deeprl", "dialogwae"):
         for c in out.values():
             if f"seq2seq_history_{learner}" in (c["lower"], c["higher"]):
                 assert c["holds"] == stats.NOT_RUN and c["difference"] is None, c["id"]
     mmi = out["gcl_table3:bleu_1:seq2seq_history_gcl<seq2seq_history_mmi"]
     assert mmi["n_seeds"] == {"lower": 2, "higher": 0}
+
+
+def test_claims_compare_the_seeds_both_runs_have():
+    # base seeds 1-3 differ; "tuned" has only seed 1, a copy of base's seed 1 (a fine-tune
+    # that kept its step 0): unpaired, 1 seed against the mean of 3 would "hold"
+    hyps = [[f"w{i % m}" for i in range(N)] for m in (30, 5, 3)]
+    base = _seeds("base", hyps, REFS)
+    tuned = _seeds("tuned", hyps[:1], REFS)
+    (c,) = stats.evaluate_claims([stats.Claim("p", "distinct_1", "base", "tuned")], {"base": base, "tuned": tuned}, 200)
+    assert c["difference"] == 0.0 and c["holds"] == stats.NOT_SIGNIFICANT
+    assert c["n_seeds"] == {"lower": 1, "higher": 1} and c["paired_seeds"] == [1]
+    # without seed numbers (a control) the runs are compared as they are
+    unnumbered = [dataclasses.replace(s, seed=None) for s in tuned]
+    (u,) = stats.evaluate_claims([stats.Claim("p", "distinct_1", "base", "x")], {"base": base, "x": unnumbered}, 200)
+    assert u["paired_seeds"] is None and u["n_seeds"] == {"lower": 3, "higher": 1} and u["difference"] > 0
