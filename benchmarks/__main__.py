@@ -84,6 +84,8 @@ def render(results: dict) -> str:
         ("  peak RSS of that repro (GiB)", "full_repro_peak_rss_gib", ""),
         ("contrastive / MLE target-token throughput", "gcl_vs_mle_throughput", ""),
         ("no-op dvc repro (seconds)", "noop_repro_seconds", ""),
+        ("groups: queries whose exact top-k MaxScore pruning could certify", "groups_pruning_certified_share", ""),
+        ("congeneric: the same", "congeneric_pruning_certified_share", ""),
     ]
     lines = [
         "# Benchmarks",
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scales", default="1,3,9", help="replication factors, e.g. 1,3,9 ('' skips)")
     ap.add_argument("--sample", type=int, default=400, help="queries/examples timed on the slow paths")
     ap.add_argument("--only", default="",
-                    help="comma-separated subset: bm25,labelling,train,parity,gcl,noop,scale,full_repro "
+                    help="comma-separated subset: bm25,labelling,train,parity,gcl,pruning,noop,scale,full_repro "
                          "(full_repro only when named: it runs the whole pipeline in a scratch clone)")
     ap.add_argument("--out", default="reports/benchmarks")
     args = ap.parse_args(argv)
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         ("train", measures.training),
         ("parity", measures.precision_parity),
         ("gcl", measures.gcl_vs_mle),
+        ("pruning", measures.pruning),
     ]
     for name, fn in steps:
         if want(name):
