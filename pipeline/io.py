@@ -87,6 +87,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def save_torch(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically, with the same bytes for the same object: given a
+    path, torch names the archive's root folder after the file, here a random temporary name;
+    given a file object, it always names it "archive"."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary sibling directory; it replaces ``path`` only if the block

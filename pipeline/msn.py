@@ -22,7 +22,7 @@ from torch import nn
 
 from pipeline.dataset import Vocab
 from pipeline.groups import pool_jobs
-from pipeline.io import InputError, atomic_path, progress, read_parquet
+from pipeline.io import InputError, progress, read_parquet, save_torch
 from pipeline.models.msn import MSN, MSNConfig, context_tensor, response_tensor
 from pipeline.schema import GROUPS, SILENCE
 
@@ -190,8 +190,9 @@ def train_msn(model: MSN, train: MSNData, valid: MSNData, cfg: MSNTrainConfig,
 
 
 def save_msn(model: MSN, path: str | Path, metrics: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({**model.checkpoint(), "metrics": dict(metrics)}, tmp)
+    # no timings in the checkpoint: its bytes must not depend on how fast the machine is
+    kept = {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
+    save_torch({**model.checkpoint(), "metrics": kept}, path)
 
 
 def load_msn(path: str | Path) -> MSN:

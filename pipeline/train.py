@@ -50,7 +50,7 @@ from pipeline.dataset import (
     load_split,
     shard,
 )
-from pipeline.io import InputError, atomic_path, progress, write_json
+from pipeline.io import InputError, atomic_path, progress, save_torch, write_json
 from pipeline.models import (
     Generator,
     ModelContext,
@@ -226,8 +226,7 @@ def fingerprint(params: dict, files: list[Path]) -> str:
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    save_torch(obj, path)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -300,3 +300,15 @@ def test_bf16_and_fp32_paths(tmp_path, data_dir):
     out16.float().sum().backward()
     assert enc.gru.weight_hh_l0.grad is not None and enc.gru.weight_hh_l0.grad.dtype == torch.float32
     assert torch.all(out16[1, 5:] == 0)  # padding stays out of the state in bf16 too
+
+
+def test_checkpoints_are_byte_identical_for_identical_contents(tmp_path):
+    # torch.save names its archive after the file it is given; save_torch writes through a
+    # temporary file, so without care every save of the same weights had different bytes
+    from pipeline.io import save_torch
+
+    obj = {"model": torch.nn.Linear(3, 2).state_dict(), "step": 7}
+    save_torch(obj, tmp_path / "a" / "best.pt")
+    save_torch(obj, tmp_path / "b" / "last.pt")
+    assert (tmp_path / "a" / "best.pt").read_bytes() == (tmp_path / "b" / "last.pt").read_bytes()
+    assert torch.load(tmp_path / "a" / "best.pt", weights_only=True)["step"] == 7
