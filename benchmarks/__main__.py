@@ -28,7 +28,7 @@ TARGETS = {
     "train_fraction_of_bf16_peak": ">= 0.20",
     "bf16_vs_fp32_val_nll_rel_diff": "<= 0.01",
     "full_repro_minutes": "<= 75",
-    "gcl_vs_mle_throughput": ">= 0.8",
+    "gcl_vs_mle_throughput": ">= 0.9",
     "noop_repro_seconds": "<= 5 s",
 }
 

@@ -317,6 +317,9 @@ def check_aligned(groups: pa.Table, reference: pa.Table, n_train: int, where: st
             raise InputError(where, f"{kind} pairs of groups and reference scores differ in number")
 
 
+SCORE_CHUNK = 64  # pairs per length-sorted decoding chunk when scoring a step's pairs
+
+
 def shares_contexts(model) -> bool:
     """Whether log p(r | c) may reuse one encoding of c across responses: the model scores
     with the interface's ``sequence_log_prob`` (encode, then teacher-forced decode)."""
@@ -438,11 +441,23 @@ class GroupContrastive:
         try:
             if context_rows is None or model.training or not shares_contexts(model):
                 return model(pb, method="sequence_log_prob").float()
+            device = pb.response.device
             distinct, inverse = np.unique(np.asarray(context_rows), return_inverse=True)
-            contexts = dataset.collate(distinct.tolist()).to(pb.response.device)
-            inverse = torch.as_tensor(inverse.reshape(-1), device=pb.response.device)
-            state = unwrap(model).reorder_state(model(contexts, method="encode"), inverse)
-            return -model(pb, method="token_nll", state=state).sum(1).float()
+            contexts = dataset.collate(distinct.tolist()).to(device)
+            encoded = model(contexts, method="encode")
+            # The candidates' responses vary in length (about 40% of one padded batch is
+            # padding): decode them in length-sorted chunks, each padded to its own longest.
+            lengths = pb.response_mask.sum(1).cpu().numpy()
+            order = np.argsort(lengths, kind="stable")
+            out = torch.empty(len(order), device=device)
+            for part in np.array_split(order, -(-len(order) // SCORE_CHUNK)):
+                index = torch.as_tensor(part, device=device)
+                width = int(lengths[part].max())
+                chunk = pb.select(index)
+                chunk.response, chunk.response_mask = chunk.response[:, :width], chunk.response_mask[:, :width]
+                state = unwrap(model).reorder_state(encoded, torch.as_tensor(inverse.reshape(-1)[part], device=device))
+                out = out.index_put((index,), -model(chunk, method="token_nll", state=state).sum(1).float())
+            return out
         finally:
             model.train(was)
 

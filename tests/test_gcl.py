@@ -541,3 +541,30 @@ def test_shared_context_encoding_equals_per_pair_scoring(name, data_dir, train_d
     assert len(grads[0]) == len(grads[1])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_length_sorted_scoring_chunks_change_nothing(data_dir, train_ds, monkeypatch):
+    # the contrastive pass decodes a step's pairs in length-sorted chunks: the same log-probs
+    # and gradients as one padded batch, in the pairs' own order
+    from pipeline import gcl as gcl_module
+
+    vocab = train_ds.vocab
+    emb = load_embedding_matrix(data_dir / "embeddings" / "vectors.parquet", vocab.itos)
+    torch.manual_seed(0)
+    model = build_model("seq2seq", model_params(tiny_params(), "seq2seq"), ModelContext.from_vocab(vocab, emb))
+    groups = select_groups(groups_table(len(train_ds)), k=2)
+    obj = GroupContrastive(GCLConfig(k=2), groups, reference_log_probs(model, train_ds, groups), train_ds)
+    pairs, _, _ = obj.step_pairs([0, 2, 3, 5], 0)
+    pb = pair_batch(train_ds, [p.context_row for p in pairs], [p.response_row for p in pairs])
+    model.eval()
+    whole = model(pb, method="sequence_log_prob")
+    whole.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    monkeypatch.setattr(gcl_module, "SCORE_CHUNK", 3)
+    chunked = obj._log_p(model, pb, train_ds, [p.context_row for p in pairs])
+    assert len(pairs) > 3 * 2  # several chunks
+    torch.testing.assert_close(chunked, whole.float(), rtol=1e-5, atol=1e-4)
+    chunked.sum().backward()
+    for g, p in zip(grads, [p for p in model.parameters() if p.grad is not None], strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
