@@ -37,8 +37,6 @@ DISPLAY = {
     "seq2seq_history_gcl": "Seq2Seq (multi-turn) + GCL",
     "seq2seq_history_gcl_last": "Seq2Seq (multi-turn) + GCL, last step",
     "pednet_gcl": "PEDNet + GCL",
-    "seq2seq_history_gcl_scratch": "Seq2Seq (multi-turn) + GCL from scratch (authors' recipe)",
-    "hred_history_gcl_mle_only": "HRED (multi-turn), MLE fine-tune (GCL's control)",
     "hred_history": "HRED (multi-turn)",
     "hred_history_gcl": "HRED (multi-turn) + GCL",
     "transformer_history": "Transformer (multi-turn)",
