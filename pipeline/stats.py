@@ -328,7 +328,7 @@ def _not_run(claim: Claim, n_lower: int, n_higher: int, replicates: int) -> dict
         "id": claim.id, "paper": claim.paper, "metric": claim.metric, "lower": claim.lower,
         "higher": claim.higher, "difference": None, "ci95": None, "p_value": None, "holds": NOT_RUN,
         "means": None, "n_seeds": {"lower": n_lower, "higher": n_higher}, "n_examples": None,
-        "bootstrap": replicates,
+        "paired_seeds": None, "bootstrap": replicates,
     }  # fmt: skip
 
 
