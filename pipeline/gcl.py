@@ -450,7 +450,7 @@ class GroupContrastive:
             lengths = pb.response_mask.sum(1).cpu().numpy()
             order = np.argsort(lengths, kind="stable")
             out = torch.empty(len(order), device=device)
-            for part in np.array_split(order, -(-len(order) // SCORE_CHUNK)):
+            for part in np.array_split(order, -(-len(order) // SCORE_CHUNK)) if len(order) else []:
                 index = torch.as_tensor(part, device=device)
                 width = int(lengths[part].max())
                 chunk = pb.select(index)
