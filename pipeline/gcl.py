@@ -449,15 +449,16 @@ class GroupContrastive:
             # padding): decode them in length-sorted chunks, each padded to its own longest.
             lengths = pb.response_mask.sum(1).cpu().numpy()
             order = np.argsort(lengths, kind="stable")
-            out = torch.empty(len(order), device=device)
-            for part in np.array_split(order, -(-len(order) // SCORE_CHUNK)) if len(order) else []:
-                index = torch.as_tensor(part, device=device)
-                width = int(lengths[part].max())
-                chunk = pb.select(index)
+            inverse = inverse.reshape(-1)
+            scores = []
+            for part in np.array_split(order, max(1, -(-len(order) // SCORE_CHUNK))):
+                width = int(lengths[part].max(initial=0))
+                chunk = pb.select(torch.as_tensor(part, device=device))
                 chunk.response, chunk.response_mask = chunk.response[:, :width], chunk.response_mask[:, :width]
-                state = unwrap(model).reorder_state(encoded, torch.as_tensor(inverse.reshape(-1)[part], device=device))
-                out = out.index_put((index,), -model(chunk, method="token_nll", state=state).sum(1).float())
-            return out
+                state = unwrap(model).reorder_state(encoded, torch.as_tensor(inverse[part], device=device))
+                scores.append(-model(chunk, method="token_nll", state=state).sum(1).float())
+            # back from length order to the pairs' own order
+            return torch.cat(scores)[torch.as_tensor(np.argsort(order), device=device)]
         finally:
             model.train(was)
 

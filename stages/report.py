@@ -74,7 +74,7 @@ def training_table(records: dict) -> str:
     for run, r in records.items():
         s = r["summary"]
         stopped = ", ".join(f"{why} × {n}" for why, n in s["stopped"].items())
-        kept = ", ".join(map(str, s.get("best_step", [])))
+        kept = ", ".join(map(str, s["best_step"]))
         lines.append(f"| {report.display(run)} | {ms(s['epochs'], 1)} | {ms(s['steps'], 0)} | {kept} | "
                      f"{ms(s['best_val_ppl'], 2)} | {ms(s['lr_decays'], 1)} | {stopped} |")
     return "\n".join(lines) + "\n"
