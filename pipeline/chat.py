@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from pipeline import pmi
-from pipeline.dataset import CONGENERIC, PERSONA, SPECIFIC_WORDS, Example, Vocab, collate
+from pipeline.dataset import CONGENERIC, PERSONA, PERSONA_PRIOR, SPECIFIC_WORDS, Example, Vocab, collate
 from pipeline.decode import decode
 from pipeline.io import InputError, load_params, read_parquet, run_stage
 from pipeline.models import Generator
@@ -168,6 +168,7 @@ class Chat:
     max_len: int = 30
     length_penalty: float = 0.0
     history: list[tuple[str, str]] = field(default_factory=list)  # (partner, bot); history-context models read it
+    prior: Callable[[str, list[str]], np.ndarray] | None = None  # (X, persona) -> cos(X, p_i), PEDNet's prior
 
     def __post_init__(self):
         self.config = type(self.model).data_config(self.model.params)
@@ -193,12 +194,17 @@ class Chat:
         def keep_last(ids: np.ndarray) -> np.ndarray:
             return ids[-cfg.max_context_tokens:] if cfg.max_context_tokens else ids
 
+        utterance = query
         if cfg.context == "history":  # the conversation so far, as load_split builds it
             earlier = [u for turn in self.history for u in turn]
             query = " ".join(gcl_context(earlier, query, cfg.max_context_tokens)) or query
         ex = Example("chat", query=keep_last(enc(query)), response=np.asarray([self.vocab.eos]))
         if self.reads_persona:
             ex.persona = [enc(p, cfg.max_persona_tokens) for p in self.persona_read]
+        if PERSONA_PRIOR in self.model.inputs:
+            if self.prior is None:
+                raise ValueError(f"{self.model.name} reads cos(X, p_i) (pednet.selection_prior): give Chat a prior")
+            ex.persona_prior = self.prior(utterance, self.persona_read)
         if self.reads_specific_words:
             ex.specific_words = enc(" ".join(specific))
         if CONGENERIC in self.model.inputs:  # PDNet's input, a training-time network: own X~ only
@@ -394,8 +400,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             term.say(f"note: {train_path} is missing, so no specific words (the CDNet query is u(X) alone)")
 
+    prior = None
+    if PERSONA_PRIOR in model.inputs:  # the persona_labels encoder, as the stage computed the prior
+        from pipeline import persona_labels as pl
+
+        lp = load_params("persona_labels", args.params)
+        enc = pl.load_encoder(lp["encoder"], lp["layer"], lp["max_length"], device=str(device),
+                              precision=lp.get("precision", "float32"))
+        prior = lambda query, persona: pl.query_cosines(enc, query, persona)  # noqa: E731
+
     chat = Chat(model, vocab, persona, specific, "beam" if args.beam > 1 else "greedy", args.beam,
-                args.max_len, args.length_penalty)
+                args.max_len, args.length_penalty, prior=prior)
     decoding = f"beam {args.beam}" if args.beam > 1 else "greedy"
     term.say(f"{model.name} from {checkpoint} on {device}, {decoding} decoding. {HELP}.")
     if chat.reads_persona:

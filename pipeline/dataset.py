@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 # Inputs a model may ask for (Generator.inputs).
 PERSONA, SPECIFIC_WORDS, PERSONA_LABEL, CONGENERIC = "persona", "specific_words", "persona_label", "congeneric"
-ALL_INPUTS = frozenset({PERSONA, SPECIFIC_WORDS, PERSONA_LABEL, CONGENERIC})
+PERSONA_PRIOR = "persona_prior"  # cos(X, p_i) from the persona_labels encoder, a test-time signal
+ALL_INPUTS = frozenset({PERSONA, SPECIFIC_WORDS, PERSONA_LABEL, CONGENERIC, PERSONA_PRIOR})
 CONTEXTS = ("query", "history")  # DataConfig.context
 
 
@@ -120,6 +121,7 @@ class Example:
     specific_words: np.ndarray | None = None
     persona_label: int = -1
     congeneric: list[np.ndarray] = field(default_factory=list)
+    persona_prior: np.ndarray | None = None  # [M] cos(X, p_i), aligned with ``persona``
 
 
 @dataclass
@@ -139,6 +141,7 @@ class Batch:
     persona_label: torch.Tensor | None = None  # [B], -1 = None label
     congeneric: torch.Tensor | None = None  # [B, K, Lc]
     congeneric_mask: torch.Tensor | None = None  # [B, K, Lc] bool
+    persona_prior: torch.Tensor | None = None  # [B, M] float, 0 where no sentence
 
     def to(self, device: torch.device | str) -> Batch:
         return dataclasses.replace(
@@ -201,6 +204,11 @@ def collate(examples: Sequence[Example], index: Sequence[int], pad: int, inputs:
         batch.persona_label = torch.as_tensor([e.persona_label for e in examples], dtype=torch.long)
     if CONGENERIC in inputs:
         batch.congeneric, batch.congeneric_mask, _ = _pad2([e.congeneric for e in examples], pad)
+    if PERSONA_PRIOR in inputs:
+        prior = np.zeros((len(examples), max([1, *(len(e.persona) for e in examples)])), dtype=np.float32)
+        for i, e in enumerate(examples):
+            prior[i, : len(e.persona_prior)] = e.persona_prior
+        batch.persona_prior = torch.from_numpy(prior)
     return batch
 
 
@@ -301,6 +309,21 @@ def load_split(
             ex.persona_label = -1 if label is None else int(label)
         if dropped:
             log.warning("%s: %d optimal-persona labels point past max_persona_sentences -> None", split, dropped)
+    if PERSONA_PRIOR in inputs:
+        if PERSONA not in inputs:
+            raise ValueError(f"input {PERSONA_PRIOR} needs input {PERSONA}")
+        path = data_dir / "persona_labels" / f"{split}.parquet"
+        table = read_parquet(path)
+        if "query_similarities" not in table.column_names:
+            raise InputError(path, "no query_similarities column (written by the persona_labels stage since "
+                                   "pednet.selection_prior; rerun it: dvc repro persona_labels)")
+        prior = table.select(["example_id", "query_similarities"]).to_pydict()
+        _check_ids(path, prior["example_id"], ids)
+        for i, (ex, sims, persona) in enumerate(zip(examples, prior["query_similarities"], prepared["persona"],
+                                                    strict=True)):
+            if len(sims or []) != len(persona):
+                raise InputError(path, f"{len(sims or [])} query_similarities for {len(persona)} persona sentences", i)
+            ex.persona_prior = np.asarray(sims[: config.max_persona_sentences], dtype=np.float32)
     if CONGENERIC in inputs:
         own = [keep_last(enc(q)) for q in pmi["masked_query"]]
         if split == "train":

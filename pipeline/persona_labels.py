@@ -4,7 +4,8 @@ The gold response Y and every persona sentence p_i are encoded with a BERT-famil
 a sentence vector is the mean over its non-padding tokens (including [CLS] and [SEP], as
 bert-as-service's REDUCE_MEAN did) of one hidden layer, by default the second-to-last.
 The optimal persona is argmax_i cos(Y, p_i), or the None label (null) when the best
-cosine is below a threshold.
+cosine is below a threshold. The query X is encoded too: cos(X, p_i) is a test-time
+signal (the retrieval baseline, and CDNet's optional selection prior).
 
 Speed comes from encoding every *distinct* sentence once (responses and persona sentences
 of all splits repeat a lot), sorted by token length so that batches carry little padding,
@@ -164,8 +165,9 @@ def _mean_pool(enc: Encoder, batch: dict) -> np.ndarray:
     return pooled(enc, batch).cpu().numpy()
 
 
-def encode(enc: Encoder, sentences: list[str], batch_size: int = 128, desc: str = "encode") -> np.ndarray:
-    """Vectors of ``sentences`` (n x d float32), batched by token length, in input order."""
+def encode(enc: Encoder, sentences: list[str], batch_size: int = 128, desc: str | None = "encode") -> np.ndarray:
+    """Vectors of ``sentences`` (n x d float32), batched by token length, in input order
+    (``desc`` None: no progress bar)."""
     import torch
 
     dim = enc.model.config.hidden_size
@@ -175,7 +177,8 @@ def encode(enc: Encoder, sentences: list[str], batch_size: int = 128, desc: str 
     ids = enc.tokenizer(sentences, truncation=True, max_length=enc.max_length)["input_ids"]
     order = np.argsort(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), kind="stable")
     with torch.inference_mode():
-        for start in progress(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        for start in progress(range(0, len(order), batch_size), desc=desc, unit="batch",
+                              **({"disable": True} if desc is None else {})):
             rows = order[start : start + batch_size]
             vectors[rows] = _mean_pool(enc, _pad(enc, [ids[i] for i in rows]))
     return vectors
@@ -201,6 +204,12 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 def similarities(response: np.ndarray, persona: np.ndarray) -> np.ndarray:
     """Cosines of one unit response vector against unit persona vectors, rounded."""
     return np.round(persona @ response, DECIMALS).astype(np.float32)
+
+
+def query_cosines(enc: Encoder, query: str, persona: list[str]) -> np.ndarray:
+    """cos(X, p_i) of one query, as the stage computes its query_similarities (for chat)."""
+    v = unit(encode(enc, [query, *persona], desc=None))
+    return similarities(v[0], v[1:])
 
 
 def choose(sims: np.ndarray, none_threshold: float) -> int | None:
@@ -232,19 +241,30 @@ def label_splits(
     splits: dict[str, dict[str, list]],
     none_threshold: float,
     batch_size: int = 128,
-) -> dict[str, tuple[list[int | None], list[np.ndarray]]]:
+) -> dict[str, tuple[list[int | None], list[np.ndarray], list[np.ndarray] | None]]:
     """Label every split; each distinct sentence of all splits is encoded exactly once.
 
-    ``splits`` maps a split name to columns ``response`` and ``persona`` (lists).
+    ``splits`` maps a split name to columns ``response`` and ``persona`` (lists), and
+    optionally ``query``. Per split: (labels, cosines(Y, p_i), cosines(X, p_i) or None
+    without a ``query`` column). cos(X, p_i) sees only what a model sees at test time:
+    CDNet's optional selection prior (``pednet.selection_prior``) and the retrieval
+    baseline of ``pipeline.selection``.
     """
-    distinct = sorted({s for cols in splits.values() for s in cols["response"]}
+    distinct = sorted({s for cols in splits.values() for s in (*cols["response"], *cols.get("query", ()))}
                       | {p for cols in splits.values() for ps in cols["persona"] for p in ps})
-    occurrences = sum(len(c["response"]) + sum(map(len, c["persona"])) for c in splits.values())
+    occurrences = sum(len(c["response"]) + len(c.get("query", ())) + sum(map(len, c["persona"]))
+                      for c in splits.values())
     log.info("encoding %d distinct sentences (%d occurrences) on %s", len(distinct), occurrences, enc.device)
     vectors = unit(encode(enc, distinct, batch_size))
     index = {s: i for i, s in enumerate(distinct)}
-    return {name: label_rows(c["response"], c["persona"], index, vectors, none_threshold)
-            for name, c in splits.items()}
+    out = {}
+    for name, c in splits.items():
+        labels, sims = label_rows(c["response"], c["persona"], index, vectors, none_threshold)
+        query_sims = (None if "query" not in c else
+                      [similarities(vectors[index[q]], vectors[[index[p] for p in ps]])
+                       for q, ps in zip(c["query"], c["persona"], strict=True)])
+        out[name] = (labels, sims, query_sims)
+    return out
 
 
 def label_per_sentence(
@@ -260,12 +280,14 @@ def label_per_sentence(
     return labels, sims
 
 
-def to_table(example_ids: list[str], labels: list[int | None], sims: list[np.ndarray]) -> pa.Table:
+def to_table(example_ids: list[str], labels: list[int | None], sims: list[np.ndarray],
+             query_sims: list[np.ndarray]) -> pa.Table:
     return pa.table(
         {
             "example_id": pa.array(example_ids, pa.string()),
             "optimal_persona": pa.array(labels, pa.int32()),
             "similarities": pa.array([s.tolist() for s in sims], pa.list_(pa.float32())),
+            "query_similarities": pa.array([s.tolist() for s in query_sims], pa.list_(pa.float32())),
         },
         schema=PERSONA_LABELS,
     )

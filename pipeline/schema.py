@@ -56,6 +56,7 @@ PERSONA_LABELS = pa.schema(
         ("example_id", pa.string()),
         ("optimal_persona", pa.int32()),  # index into `persona`; null = None label
         ("similarities", _f32_list),  # cosine(Y, p_i) for every persona sentence
+        ("query_similarities", _f32_list),  # cosine(X, p_i): what a selector may see at test time
     ]
 )
 

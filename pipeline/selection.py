@@ -23,7 +23,9 @@ Writes reports/persona_selection.json and .md:
   paper's 34.5%).
 
 An analysis tool over the stage outputs (not a DVC stage: it reads whichever models were
-trained). MiniLM is the bundled ``persona_labels.encoder``, run with that section's layer.
+trained). The MiniLM retrieval reads the cosines the ``persona_labels`` stage wrote
+(column query_similarities: its encoder and layer), the same numbers PEDNet's optional
+selection prior sees.
 """
 
 from __future__ import annotations
@@ -73,13 +75,10 @@ def overlap_choice(text: str, persona: list[str]) -> int | None:
     return int(np.argmax(shared))
 
 
-def cosine_choices(enc, texts: list[str], personas: list[list[str]], batch_size: int) -> list[int | None]:
-    """argmax_i cos(text, p_i) with the labeller's encoder; never None (a retrieval baseline)."""
-    distinct = sorted({*texts, *(s for p in personas for s in p)})
-    index = {s: i for i, s in enumerate(distinct)}
-    vectors = pl.unit(pl.encode(enc, distinct, batch_size, desc="encode queries and personas"))
-    return [pl.choose(pl.similarities(vectors[index[t]], vectors[[index[s] for s in p]]), -2.0) if p else None
-            for t, p in zip(texts, personas, strict=True)]
+def retrieval_choices(query_sims: list) -> list[int | None]:
+    """argmax_i cos(X, p_i) (first on ties), from the persona_labels stage's
+    query_similarities; never None (a retrieval baseline), except without a persona."""
+    return [pl.choose(np.asarray(q, dtype=np.float32), -2.0) if q else None for q in query_sims]
 
 
 def agreement(a: list[int | None], b: list[int | None]) -> dict:
@@ -112,10 +111,14 @@ def read_author_labels(path: Path) -> dict[tuple[str, str], str | None]:
 def load_labels(split: str, data: Path) -> tuple[dict, list[int | None]]:
     rows = read_parquet(data / "prepared" / f"{split}.parquet",
                         columns=["example_id", "query", "response", "persona"]).to_pydict()
-    labels = read_parquet(data / "persona_labels" / f"{split}.parquet",
-                          columns=["example_id", "optimal_persona"]).to_pydict()
+    path = data / "persona_labels" / f"{split}.parquet"
+    table = read_parquet(path)
+    if "query_similarities" not in table.column_names:
+        raise InputError(path, "no query_similarities column (an older persona_labels stage): dvc repro persona_labels")
+    labels = table.select(["example_id", "optimal_persona", "query_similarities"]).to_pydict()
     if labels["example_id"] != rows["example_id"]:
-        raise InputError(data / "persona_labels" / f"{split}.parquet", f"rows differ from data/prepared/{split}.parquet")
+        raise InputError(path, f"rows differ from data/prepared/{split}.parquet")
+    rows["query_similarities"] = labels["query_similarities"]
     return rows, labels["optimal_persona"]
 
 
@@ -139,12 +142,10 @@ def model_selections(model: str, seeds: list[int], rows: dict, labels: list[int 
 
 def analyse(models: list[str], authors: Path | None, data: Path = Path("data")) -> dict:
     params = load_params()
-    lp = params["persona_labels"]
     rows, labels = load_labels("test", data)
-    enc = pl.load_encoder(lp["encoder"], lp["layer"], lp["max_length"], precision=lp.get("precision", "float32"))
     selectors = {
         "chance": {"accuracy_labelled": chance(rows["persona"], labels)},
-        "retrieval_minilm_query": accuracy(cosine_choices(enc, rows["query"], rows["persona"], lp["batch_size"]), labels),
+        "retrieval_minilm_query": accuracy(retrieval_choices(rows["query_similarities"]), labels),
         "retrieval_overlap_query": accuracy([overlap_choice(q, p) for q, p in zip(rows["query"], rows["persona"],
                                                                                 strict=True)], labels),
     }

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 PREPARED = "data/prepared"
 OUT = "data/persona_labels"
 REPORT = "reports/persona_labels.json"
-COLUMNS = ["example_id", "response", "persona"]
+COLUMNS = ["example_id", "query", "response", "persona"]
 
 
 def main() -> None:
@@ -34,14 +34,14 @@ def main() -> None:
     results = pl.label_splits(enc, splits, p["none_threshold"], p["batch_size"])
     report = {}
     for s in SPLITS:
-        labels, sims = results[s]
+        labels, sims, query_sims = results[s]
         report[s] = pl.summary(labels, sims)
         log.info(
             "%s: %d examples, None label %.1f%% (best cosine < %.3f), mean best cosine %.3f",
             s, report[s]["n_examples"], 100 * report[s]["none_share"], p["none_threshold"],
             report[s]["mean_best_similarity"],
         )
-        write_parquet(pl.to_table(splits[s]["example_id"], labels, sims), f"{OUT}/{s}.parquet")
+        write_parquet(pl.to_table(splits[s]["example_id"], labels, sims, query_sims), f"{OUT}/{s}.parquet")
     write_json(report, REPORT)
 
 

@@ -77,8 +77,9 @@ def write_model_inputs(root: str | Path, sizes=(24, 8, 8), seed: int = 0, emb_di
                              "specific_scores": [4.0] * len(specific), "masked_query": mq})
             sims = [len(content_words(p) & content_words(r["response"])) / 3 for p in r["persona"]]
             best = max(range(len(sims)), key=lambda i: (sims[i], -i))
+            query_sims = [len(content_words(p) & content_words(r["query"])) / 3 for p in r["persona"]]
             label_rows.append({"example_id": r["example_id"], "optimal_persona": best if sims[best] > 0 else None,
-                               "similarities": sims})
+                               "similarities": sims, "query_similarities": query_sims})
         masked[split] = [p["masked_query"] for p in pmi_rows]
         _write(pmi_rows, schema.PMI, data / "pmi" / f"{split}.parquet")
         _write(label_rows, schema.PERSONA_LABELS, data / "persona_labels" / f"{split}.parquet")

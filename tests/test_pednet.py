@@ -111,7 +111,7 @@ def test_cdnet_learns_persona_selection(data, vocab):
 class FixedChoice(torch.nn.Module):
     """Stands in for the memory network: even rows pick "no persona", odd rows sentence 1."""
 
-    def forward(self, query, memory, mask):
+    def forward(self, query, memory, mask, bias=None):
         b, m, _ = memory.shape
         logits = torch.zeros(b, m + 1)
         logits[0::2, m] = 1.0
@@ -293,3 +293,38 @@ def test_persona_encoder_shared_or_separate(data, vocab):
     assert separate.persona_encoder.encoder.gru.weight_ih_l0.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="pednet.persona_encoder 'both': shared | separate"):
         make(data, vocab, persona_encoder="both")
+
+
+def test_query_cosine_prior_steers_selection_and_is_learned(data, vocab):
+    plain, _ = make(data, vocab)
+    assert "persona_prior" not in plain.inputs and not hasattr(plain, "prior_scale")
+    model, ds = make(data, vocab, selection_prior="query_cosine", prior_scale=1e4)
+    assert "persona_prior" in model.inputs
+    batch = ds.collate(list(range(8)))
+    assert batch.persona_prior.shape == batch.persona_exists.shape
+    assert torch.all(batch.persona_prior[~batch.persona_exists] == 0)  # padding slots carry no prior
+    model.eval()
+    batch.persona_prior = torch.rand(batch.persona_prior.shape, generator=torch.Generator().manual_seed(0))
+    state = model.encode(batch)
+    # a huge prior decides: p̂ = argmax_i cos(X, p_i) over the real sentences
+    expected = batch.persona_prior.masked_fill(~batch.persona_exists, -1).argmax(1)
+    assert torch.equal(state["selected"], expected)
+    model.train()
+    model.loss(batch, task=CDNET)["loss"].backward()
+    assert model.prior_scale.grad is not None
+    with pytest.raises(ValueError, match="pednet.selection_prior 'bert': none | query_cosine"):
+        make(data, vocab, selection_prior="bert")
+
+
+def test_query_cosine_prior_needs_its_column(data, vocab, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    path = copy / "persona_labels" / "valid.parquet"
+    pq.write_table(pq.read_table(path).drop(["query_similarities"]), path)
+    config = PEDNet.data_config({**PARAMS, "selection_prior": "query_cosine"})
+    with pytest.raises(InputError, match="no query_similarities column"):
+        load_split("valid", vocab, config, copy)

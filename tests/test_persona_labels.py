@@ -33,7 +33,22 @@ def enc():
 
 def label(enc, responses, personas, threshold):
     cols = {"response": responses, "persona": personas}
-    return pl.label_splits(enc, {"train": cols}, threshold, batch_size=2)["train"]
+    labels, sims, query_sims = pl.label_splits(enc, {"train": cols}, threshold, batch_size=2)["train"]
+    assert query_sims is None  # no query column
+    return labels, sims
+
+
+def test_query_similarities_are_the_query_persona_cosines(enc):
+    queries = ["do you have pets ?", "what do you do for work ?", "any food you like ?"]
+    cols = {"response": RESPONSES, "persona": [PERSONA] * 3, "query": queries}
+    labels, sims, query_sims = pl.label_splits(enc, {"train": cols}, -1.0, batch_size=2)["train"]
+    plain_labels, plain_sims = label(enc, RESPONSES, [PERSONA] * 3, -1.0)  # encoding queries changes no label
+    assert labels == plain_labels and all(np.array_equal(a, b) for a, b in zip(sims, plain_sims, strict=True))
+    v = pl.unit(pl.encode(enc, [*queries, *PERSONA]))
+    for i, s in enumerate(query_sims):
+        assert s.dtype == np.float32 and len(s) == len(PERSONA)
+        np.testing.assert_allclose(s, v[len(queries):] @ v[i], atol=1e-4)
+    assert [int(np.argmax(s)) for s in query_sims] == [0, 1, 2]  # pets -> dog, work -> nursing, food -> pizza
 
 
 def test_obvious_persona_is_chosen(enc):

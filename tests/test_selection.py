@@ -38,14 +38,9 @@ def test_authors_labels_slot_zero_is_none(tmp_path):
         selection.read_author_labels(path)
 
 
-def test_minilm_retrieval_finds_the_matching_sentence():
-    from pipeline import persona_labels as pl
-
-    enc = pl.load_encoder(pl.BUNDLED, -2, 64)
-    personas = [["i have three cats", "i work as a nurse at a hospital", "i drive a red truck"]] * 2
-    got = selection.cosine_choices(enc, ["what is your job ? are you a doctor ?", "do you have any pets ? kittens ?"],
-                                   personas, 8)
-    assert got == [1, 0]
+def test_retrieval_takes_the_best_query_cosine():
+    sims = [[0.1, 0.5, 0.2], [0.3, 0.3, 0.1], [-0.2, -0.1], []]
+    assert selection.retrieval_choices(sims) == [1, 0, 1, None]  # first on ties; no persona, no choice
 
 
 def test_render_lists_every_selector_and_labeller():

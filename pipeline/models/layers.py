@@ -238,13 +238,21 @@ class MemoryHops(nn.Module):
         none = self.none_memory.to(memory.dtype).view(1, 1, -1).expand(b, 1, -1)
         return torch.cat([memory, none], 1), torch.cat([mask, mask.new_ones(b, 1)], 1)
 
-    def forward(self, query: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor):
+    def forward(self, query: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor,
+                bias: torch.Tensor | None = None):
+        """``bias`` [B, M]: a fixed score added to every hop's logits of the real slots
+        (PEDNet's selection prior); the "no persona" slot gets none."""
         memory, mask = self.with_none(memory, mask)
         keys = self.proj(memory) if self.proj is not None else memory
+        if bias is not None and bias.shape[1] < memory.shape[1]:
+            bias = F.pad(bias, (0, memory.shape[1] - bias.shape[1]))
         m = query
         all_logits = []
         for _ in range(self.hops):
-            logits = torch.bmm(keys, m.unsqueeze(2)).squeeze(2).masked_fill(~mask, NEG_INF)
+            logits = torch.bmm(keys, m.unsqueeze(2)).squeeze(2)
+            if bias is not None:  # in float32: bf16 would round a prior of ~4 to steps of 0.03
+                logits = logits.float() + bias.float()
+            logits = logits.masked_fill(~mask, NEG_INF)
             prob = torch.softmax(logits.float(), -1).to(memory.dtype)
             o = torch.bmm(prob.unsqueeze(1), memory).squeeze(1)
             m = o + (query if self.residual == "query" else m)

@@ -11,6 +11,12 @@ CDNet (validation, test, decoding):
 - a 3-hop memory network over u(p_1..p_M) plus an (M+1)-th learned "no persona" slot:
   one shared bilinear score, each hop's query = its read-out + z (``hop_residual: query``,
   the authors' code; ``previous`` is the paper's m_{k+1} = o_k + m_k).
+- ``selection_prior: query_cosine`` (ours, not in either source): every hop's score of
+  p_i gains w·cos(X, p_i), the cosine of the pretrained labeller's encoder between the
+  query and the sentence (data/persona_labels, column query_similarities), w learned from
+  ``prior_scale``. Why: the from-scratch selector stays near chance on this slice (its
+  valid persona CE barely leaves ln(M+1)), while that cosine alone picks the label's
+  sentence for 41% of labelled test turns. ``none`` is the paper's selector.
 - p̂ = argmax of the last hop, at training time too (not teacher-forced, as the code);
   ``select_none``: whether p̂ may be the "no persona" slot (then the decoder's persona
   context is zero). Default false, the paper's p̂ = argmax over the persona sentences: the
@@ -38,7 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.dataset import CONGENERIC, PERSONA, PERSONA_LABEL, SPECIFIC_WORDS, Batch, DataConfig
+from pipeline.dataset import (
+    CONGENERIC,
+    PERSONA,
+    PERSONA_LABEL,
+    PERSONA_PRIOR,
+    SPECIFIC_WORDS,
+    Batch,
+    DataConfig,
+)
 from pipeline.models import ModelContext, State, register
 from pipeline.models.layers import (
     Attention,
@@ -60,7 +74,10 @@ DEFAULTS = {
     "task_seed": 1,
     "select_none": False,  # true: p̂ may be the "no persona" slot (authors' code)
     "persona_encoder": "shared",  # shared: the context encoder (paper) | separate: its own GRU (authors' code)
+    "selection_prior": "none",  # none (paper) | query_cosine: + w·cos(X, p_i) of the pretrained labeller (ours)
+    "prior_scale": 10.0,  # initial w of query_cosine (learned)
 }
+SELECTION_PRIORS = ("none", "query_cosine")
 
 CDNET, PDNET = "cdnet", "pdnet"
 
@@ -86,11 +103,17 @@ class PEDNet(Seq2Seq):
         self.key_linear = nn.Linear(e, h)  # specific words -> persona-aware query term
         self.memory = MemoryHops(h, hops=p["hops"], bilinear=True, none_slot=True, residual=p["hop_residual"])
         self.persona_attention = Attention(h, h, p["attention"])
+        if p["selection_prior"] not in SELECTION_PRIORS:
+            raise ValueError(f"pednet.selection_prior {p['selection_prior']!r}: {' | '.join(SELECTION_PRIORS)}")
+        if p["selection_prior"] == "query_cosine":
+            self.inputs = self.inputs | {PERSONA_PRIOR}
+            self.prior_scale = nn.Parameter(torch.tensor(float(p["prior_scale"])))
 
     @classmethod
     def data_config(cls, params: dict) -> DataConfig:
         params = {**DEFAULTS, **params}
-        return DataConfig.from_params({**params, "congeneric_k": params["k"]}, cls.inputs)
+        inputs = cls.inputs | ({PERSONA_PRIOR} if params["selection_prior"] == "query_cosine" else set())
+        return DataConfig.from_params({**params, "congeneric_k": params["k"]}, inputs)
 
     # decoder hooks -----------------------------------------------------------------------
     def extra_context_sizes(self) -> list[int]:
@@ -135,7 +158,8 @@ class PEDNet(Seq2Seq):
         state = super().encode(batch)  # h(X), s_0
         words, u_p = self.encode_persona(batch)
         z = self.persona_query(batch, state["hidden"][:, -1])
-        logits, _ = self.memory(z, u_p, batch.persona_exists)
+        prior = self.prior_scale * batch.persona_prior if self.params["selection_prior"] == "query_cosine" else None
+        logits, _ = self.memory(z, u_p, batch.persona_exists, bias=prior)
         last = logits[-1]  # [B, M+1]; column M = "no persona"
         # select_none=false still trains the None slot as a target but never selects it.
         pick = (last if self.params["select_none"] else last[:, :-1]).argmax(-1)
