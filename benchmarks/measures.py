@@ -29,7 +29,7 @@ def _sample(n: int, k: int) -> list[int]:
 def bm25(sample: int) -> tuple[dict, dict]:
     """Our sparse-matrix BM25 pools over all training contexts vs rank_bm25's per-query
     `get_scores` loop, timed on a sample of queries and extrapolated to all of them."""
-    from pipeline import groups
+    from pipeline.contrastive import groups
 
     p = load_params("groups")
     train = read_parquet(f"{PREPARED}/train.parquet", columns=["history", "query"]).to_pydict()
@@ -72,7 +72,8 @@ def pruning() -> tuple[dict, dict]:
     range of rare/common splits. Both rankings are dominated by frequent words (chit-chat,
     stop words kept on purpose), so the bound on the common terms almost never falls below
     the k-th score."""
-    from pipeline import congeneric, groups
+    from pipeline.contrastive import groups
+    from pipeline.preprocessing import congeneric
 
     p = load_params("groups")
     train = read_parquet(f"{PREPARED}/train.parquet", columns=["history", "query"]).to_pydict()
@@ -102,7 +103,7 @@ def pruning() -> tuple[dict, dict]:
 def labelling(sample: int) -> tuple[dict, dict]:
     """Optimal-persona labels of the same training examples: ours (each distinct sentence
     encoded once, length-sorted batches) vs one encoder call per sentence occurrence."""
-    from pipeline import persona_labels as pl
+    from pipeline.preprocessing import persona_labels as pl
 
     p = load_params("persona_labels")
     train = read_parquet(f"{PREPARED}/train.parquet", columns=["response", "persona"]).to_pydict()
@@ -282,8 +283,8 @@ def gcl_vs_mle(model_name: str = "seq2seq_history", rounds: int = 3, steps: int 
     tokens: MLE the batch's response tokens, GCL every pair of every group (2k + 1 + 2k)."""
     from pathlib import Path
 
+    from pipeline.contrastive.gcl import GCLConfig, GroupContrastive
     from pipeline.dataset import Vocab, batch_indices, load_split
-    from pipeline.gcl import GCLConfig, GroupContrastive
     from pipeline.train import TrainConfig, load_trained, train_params
 
     params = load_params()

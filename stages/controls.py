@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.io import InputError, load_params, read_parquet, run_stage, write_parquet
-from pipeline.text import normalize
+from pipeline.preprocessing.text import normalize
 
 log = logging.getLogger(__name__)
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 if __name__ == "__main__":  # as a stage, before NumPy/torch load: bytes independent of the CPU
-    from pipeline.portable import pin
+    from pipeline.preprocessing.portable import pin
 
     pin()
 
 import logging
 
-from pipeline.embeddings import align, load_pretrained, to_table, train_word2vec
 from pipeline.io import load_params, read_parquet, run_stage, write_parquet
-from pipeline.vocab import training_texts
+from pipeline.preprocessing.embeddings import align, load_pretrained, to_table, train_word2vec
+from pipeline.preprocessing.vocab import training_texts
 
 log = logging.getLogger(__name__)
 

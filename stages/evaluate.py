@@ -16,7 +16,7 @@ import logging
 import re
 import time
 
-from pipeline import metrics
+from pipeline.evaluation import metrics
 from pipeline.io import InputError, load_params, run_stage, write_json
 
 log = logging.getLogger(__name__)

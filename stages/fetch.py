@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.fetch import IDF, copy_idf, fetch, write_sources
 from pipeline.io import atomic_dir, load_params, run_stage
+from pipeline.preprocessing.fetch import IDF, copy_idf, fetch, write_sources
 
 log = logging.getLogger(__name__)
 

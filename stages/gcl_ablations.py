@@ -4,7 +4,7 @@ variant runs it reads are made by hand, see reports/gcl_ablations.md).
     python -m stages.gcl_ablations
 
 Reads reports/metrics/<run>/seed<K>.json for K in params `seeds` and the runs of
-``pipeline.report.gcl_ablation_runs`` (the MLE baseline seq2seq_history, full GCL
+``pipeline.evaluation.report.gcl_ablation_runs`` (the MLE baseline seq2seq_history, full GCL
 seq2seq_history_gcl, its variants seq2seq_history_gcl_<v>, each also as <run>_last) and writes
   reports/gcl_ablations.md          Table 5 beside the paper's, each ablation against full GCL
                                     seed by seed, the group-size table,
@@ -20,7 +20,7 @@ import logging
 import math
 import os
 
-from pipeline import report
+from pipeline.evaluation import report
 from pipeline.io import InputError, atomic_path, load_params, run_stage
 from stages.evaluate import metrics_path
 

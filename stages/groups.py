@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from pipeline import groups
+from pipeline.contrastive import groups
 from pipeline.io import load_params, read_parquet, run_stage, write_parquet
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.io import InputError, atomic_dir, load_params, run_stage, write_json
-from pipeline.matching import (
+from pipeline.contrastive.matching import (
     CALIBRATION,
     BM25Ranker,
     MatcherConfig,
@@ -31,13 +30,14 @@ from pipeline.matching import (
     load_pairs,
     minilm_candidate_scores,
 )
+from pipeline.io import InputError, atomic_dir, load_params, run_stage, write_json
 
 log = logging.getLogger(__name__)
 
 
 def msn_candidate_params(msn: dict) -> tuple[int, int, int | None]:
     """(seed, count, limit) exactly as MSNTrainConfig reads them (its defaults included)."""
-    from pipeline.msn import MSNTrainConfig
+    from pipeline.contrastive.msn import MSNTrainConfig
 
     cfg = MSNTrainConfig.from_params(msn or {})
     return cfg.seed, cfg.eval_candidates, cfg.eval_examples

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
+from pipeline.contrastive.msn import MSNTrainConfig, build_msn, load_msn_data, train_msn
 from pipeline.dataset import Vocab
 from pipeline.io import load_params, run_stage, write_json
 from pipeline.models.layers import load_embedding_matrix
-from pipeline.msn import MSNTrainConfig, build_msn, load_msn_data, train_msn
 
 log = logging.getLogger(__name__)
 

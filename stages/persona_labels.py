@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 if __name__ == "__main__":  # as a stage, before NumPy/torch load: bytes independent of the CPU
-    from pipeline.portable import pin
+    from pipeline.preprocessing.portable import pin
 
     pin()
 
 import logging
 
-from pipeline import persona_labels as pl
 from pipeline.io import InputError, load_params, read_parquet, run_stage, write_json, write_parquet
+from pipeline.preprocessing import persona_labels as pl
 from pipeline.schema import SPLITS
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline import pmi
 from pipeline.io import InputError, load_params, read_parquet, run_stage, write_json, write_parquet
+from pipeline.preprocessing import pmi
 from pipeline.schema import SPLITS
 
 log = logging.getLogger(__name__)

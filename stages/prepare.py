@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline import parlai
 from pipeline.io import InputError, atomic_dir, load_params, run_stage, write_parquet
+from pipeline.preprocessing import parlai
+from pipeline.preprocessing.vocab import build_vocab, count_tokens, training_texts
 from pipeline.schema import SPLITS
-from pipeline.vocab import build_vocab, count_tokens, training_texts
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.contrastive.gcl import reference_log_probs
 from pipeline.dataset import Vocab, load_split
-from pipeline.gcl import reference_log_probs
 from pipeline.io import InputError, load_params, read_parquet, run_stage, write_parquet
 from pipeline.train import autocast, load_trained, run_dirs
 

@@ -6,7 +6,7 @@
 Reads reports/metrics/<run>/seed<K>.json and reports/generations/<run>/seed<K>.parquet
 (controls: control.json / control.parquet) and writes
   reports/summary.json  run -> metric -> {mean, sd, ci95, n_seeds} over seeds,
-  reports/claims.json   the papers' claims (pipeline.stats.CLAIMS) under a paired bootstrap,
+  reports/claims.json   the papers' claims (pipeline.evaluation.stats.CLAIMS) under a paired bootstrap,
   reports/results.md    the tables beside the papers', the claims and a case study,
   reports/training.json how each run and seed stopped (reports/training/<run>/seed<K>.json).
 Seeds without files are left out (a run with none shows "not run"); files of seeds not in
@@ -19,7 +19,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline import metrics, report, stats
+from pipeline.evaluation import metrics, report, stats
 from pipeline.io import InputError, atomic_path, load_params, run_stage, write_json
 from stages.evaluate import CONTROL, generations_path, metrics_path
 

@@ -3,7 +3,7 @@
 Reads data/groups/{train,valid}.parquet and data/prepared, and the scorer's checkpoint
 (params ``score_groups.scorer``): ``msn`` (default) checkpoints/msn/best.pt; ``minilm``
 (the fine-tuned bi-encoder), ``minilm_zeroshot`` or ``bm25`` checkpoints/matcher/
-(calibrated by Platt scaling, pipeline/matching.py). Writes data/msn_scores/{train,valid}.parquet:
+(calibrated by Platt scaling, pipeline/contrastive/matching.py). Writes data/msn_scores/{train,valid}.parquet:
 data/groups with ``msn_response_side`` = q(c, r') and ``msn_context_side`` = q(c', r)
 filled for every candidate (schema.GROUPS), whichever scorer made them.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import matching
+from pipeline.contrastive import matching
+from pipeline.contrastive.msn import load_msn, load_msn_data, score_pools
 from pipeline.dataset import Vocab
 from pipeline.io import InputError, load_params, read_parquet, run_stage, write_parquet
-from pipeline.msn import load_msn, load_msn_data, score_pools
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.gcl import ORIGINAL, RESPONSE_SIDE, select_groups
+from pipeline.contrastive.gcl import ORIGINAL, RESPONSE_SIDE, select_groups
 from pipeline.io import load_params, read_parquet, run_stage, write_json, write_parquet
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ run ``<reference>_gcl``: seq2seq_history_gcl, pednet_gcl). Seed K's target start
 is scored against, seed K of its MLE reference run, and reads the data as it does (e.g.
 seq2seq_history's multi-turn context).
 
-The one training loop (pipeline/train.py) with the GCL objective (pipeline/gcl.py). Reads
+The one training loop (pipeline/train.py) with the GCL objective (pipeline/contrastive/gcl.py). Reads
 params `train`, `model`, `<reference>`, `gcl` and `<reference>_gcl` (its `train` overrides),
 data/scored_groups, data/reference_scores/<reference>/seed<K> and checkpoints/<reference>/seed<K>/best.pt
 (the frozen MLE reference, whose weights also initialise the target when gcl.init=reference);
@@ -19,8 +19,8 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from pipeline.contrastive.gcl import GCLConfig, GroupContrastive
 from pipeline.dataset import Vocab, load_split
-from pipeline.gcl import GCLConfig, GroupContrastive
 from pipeline.io import InputError, load_params, read_parquet, run_stage
 from pipeline.models import get_model_class, run_architecture, run_model_params
 from pipeline.params_schema import validate_run

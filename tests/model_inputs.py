@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema
-from pipeline.text import content_words, normalize
+from pipeline.preprocessing.text import content_words, normalize
 from tests.corpus import dialogue_lines
 
 

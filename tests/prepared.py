@@ -1,7 +1,7 @@
 """data/prepared/*.parquet for tests of the stages after `prepare`, without running it.
 
 Rows come from the tiny ParlAI-format corpus of tests/corpus.py, normalised and laid out
-as ``schema.PREPARED``; the vocabulary is built with pipeline.vocab, as `prepare` does.
+as ``schema.PREPARED``; the vocabulary is built with pipeline.preprocessing.vocab, as `prepare` does.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pyarrow as pa
 import yaml
 
 from pipeline.io import write_parquet
+from pipeline.preprocessing.text import normalize
+from pipeline.preprocessing.vocab import build_vocab, count_tokens, training_texts
 from pipeline.schema import PREPARED, SILENCE, SPLITS
-from pipeline.text import normalize
-from pipeline.vocab import build_vocab, count_tokens, training_texts
 from tests.corpus import dialogue_lines
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline import congeneric
 from pipeline.io import InputError, read_parquet, write_parquet
+from pipeline.preprocessing import congeneric
 from pipeline.schema import CONGENERIC, KEY, SILENCE, SPLITS
 from tests.prepared import write_params, write_prepared
 

@@ -1,4 +1,4 @@
-"""reports/dag.md (pipeline/dag.py): the pipeline at a glance, one node per dvc.yaml stage."""
+"""reports/dag.md (pipeline/evaluation/dag.py): the pipeline at a glance, one node per dvc.yaml stage."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import networkx as nx
 import pytest
 import yaml
 
-from pipeline import dag
+from pipeline.evaluation import dag
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # DVC's internals, not ours
 
@@ -17,7 +17,7 @@ STAGES = list(yaml.safe_load((dag.ROOT / "dvc.yaml").read_text())["stages"])
 
 def test_dag_md_is_current_and_lists_every_stage():
     text = (dag.ROOT / dag.OUT).read_text(encoding="utf-8")
-    assert text == dag.render(dag.ROOT), "reports/dag.md is stale: run `python -m pipeline.dag`"
+    assert text == dag.render(dag.ROOT), "reports/dag.md is stale: run `python -m pipeline.evaluation.dag`"
     mermaid = text.split("```mermaid\n")[1].split("```")[0]
     nodes = re.findall(r'^    (\w+)\["', mermaid, flags=re.M)
     rows = re.findall(r"^\| `(\w+)` \|", text, flags=re.M)

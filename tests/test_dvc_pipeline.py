@@ -65,7 +65,7 @@ def test_outputs_are_byte_identical_when_forced(built):
 
 def test_outputs_are_byte_identical_across_threads_and_cpu_kernels(built):
     """Every preprocessing output, under 2 threads and with the BLAS/ATen kernels an AVX-512
-    Intel machine would pick, is byte for byte the 1-thread native run (pipeline/portable.py:
+    Intel machine would pick, is byte for byte the 1-thread native run (pipeline/preprocessing/portable.py:
     without the pin, Word2Vec and the labeller's cosines change with the kernels)."""
     before = digests(built)
     other_machine = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2",

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.embeddings import align, load_pretrained, train_word2vec
 from pipeline.io import InputError, read_parquet
+from pipeline.preprocessing.embeddings import align, load_pretrained, train_word2vec
+from pipeline.preprocessing.vocab import training_texts
 from pipeline.schema import EMBEDDINGS, PAD, SPECIALS
-from pipeline.vocab import training_texts
 from tests.prepared import write_params, write_prepared
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import threading
 import pytest
 import yaml
 
-from pipeline import fetch
 from pipeline.io import InputError
+from pipeline.preprocessing import fetch
 from tests.corpus import write_corpus
 
 NAMES = ["test_self_original_no_cands.txt", "train_self_original_no_cands.txt",
@@ -344,6 +344,6 @@ def test_a_source_file_named_like_the_manifest_is_refused(tmp_path):
 
 
 def test_manifest_name_is_the_one_prepare_reads():
-    from pipeline import parlai
+    from pipeline.preprocessing import parlai
 
     assert fetch.SOURCES == parlai.SOURCES

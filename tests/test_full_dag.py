@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import sweeps
+from pipeline.evaluation import sweeps
 from pipeline.train import load_checkpoint
 from tests.dvc_project import env, make_project, run
 from tests.test_train import assert_same, tensors

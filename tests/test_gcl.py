@@ -1,4 +1,4 @@
-"""Group-wise contrastive learning (pipeline/gcl.py): losses, group selection, ablations,
+"""Group-wise contrastive learning (pipeline/contrastive/gcl.py): losses, group selection, ablations,
 the objective and the cached reference."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.dataset import DataConfig, Vocab, load_split
-from pipeline.gcl import (
+from pipeline.contrastive.gcl import (
     GCLConfig,
     GroupContrastive,
     anneal_weight,
@@ -26,6 +25,7 @@ from pipeline.gcl import (
     select_group,
     select_groups,
 )
+from pipeline.dataset import DataConfig, Vocab, load_split
 from pipeline.io import InputError
 from pipeline.models import ModelContext, build_model, model_params
 from pipeline.models.layers import load_embedding_matrix
@@ -546,7 +546,7 @@ def test_shared_context_encoding_equals_per_pair_scoring(name, data_dir, train_d
 def test_length_sorted_scoring_chunks_change_nothing(data_dir, train_ds, monkeypatch):
     # the contrastive pass decodes a step's pairs in length-sorted chunks: the same log-probs
     # and gradients as one padded batch, in the pairs' own order
-    from pipeline import gcl as gcl_module
+    from pipeline.contrastive import gcl as gcl_module
 
     vocab = train_ds.vocab
     emb = load_embedding_matrix(data_dir / "embeddings" / "vectors.parquet", vocab.itos)

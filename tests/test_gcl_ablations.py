@@ -9,9 +9,9 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
-from pipeline import paper_results, report
+from pipeline.evaluation import paper_results, report
+from pipeline.evaluation.metrics import METRIC_KEYS
 from pipeline.io import InputError, run_stage, write_json
-from pipeline.metrics import METRIC_KEYS
 from tests.prepared import write_params
 
 FULL = "seq2seq_history_gcl"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from rank_bm25 import BM25Okapi
 
-from pipeline import groups
+from pipeline.contrastive import groups
 from pipeline.io import InputError, read_parquet
 from pipeline.schema import EOT, GROUPS, PREPARED, SILENCE
 

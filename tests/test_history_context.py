@@ -8,8 +8,8 @@ import pytest
 
 from pipeline.dataset import DataConfig, Vocab, load_split
 from pipeline.io import InputError
+from pipeline.preprocessing.text import gcl_context
 from pipeline.schema import EOT, SILENCE
-from pipeline.text import gcl_context
 from pipeline.train import CRITERIA, criterion_value
 from tests.model_inputs import write_model_inputs
 

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import human_eval as he
+from pipeline.evaluation import human_eval as he
 from pipeline.io import InputError, write_parquet
 from pipeline.schema import GENERATIONS_LEGACY, SILENCE
 

@@ -1,4 +1,4 @@
-"""Matchers besides MSN (pipeline/matching.py, stages/matcher.py, score_groups' other scorers)."""
+"""Matchers besides MSN (pipeline/contrastive/matching.py, stages/matcher.py, score_groups' other scorers)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,8 @@ import pytest
 import torch
 from rank_bm25 import BM25Okapi
 
-from pipeline import matching
-from pipeline import persona_labels as pl
-from pipeline.dataset import Vocab
-from pipeline.io import InputError
-from pipeline.matching import (
+from pipeline.contrastive import matching
+from pipeline.contrastive.matching import (
     SEPARATOR,
     BM25Ranker,
     MatcherConfig,
@@ -26,7 +23,10 @@ from pipeline.matching import (
     fit_platt,
     make_pairs,
 )
-from pipeline.msn import load_msn_data, ranking_metrics, valid_candidates
+from pipeline.contrastive.msn import load_msn_data, ranking_metrics, valid_candidates
+from pipeline.dataset import Vocab
+from pipeline.io import InputError
+from pipeline.preprocessing import persona_labels as pl
 from pipeline.schema import EOT, GROUPS, SILENCE
 from tests.prepared import write_params, write_prepared
 

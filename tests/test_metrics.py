@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipeline import metrics
-from pipeline.embeddings import to_table
+from pipeline.evaluation import metrics
 from pipeline.io import InputError, read_parquet, write_parquet
+from pipeline.preprocessing.embeddings import to_table
+from pipeline.preprocessing.vocab import load_vocab
 from pipeline.schema import GENERATIONS, GENERATIONS_LEGACY
-from pipeline.vocab import load_vocab
 from tests.prepared import write_params, write_prepared
 
 SHARED_IDF = Path(__file__).resolve().parents[2] / "shared/data/persona_idf/convai2_vocab_idf.tsv"

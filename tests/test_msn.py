@@ -1,4 +1,4 @@
-"""MSN (pipeline/models/msn.py) and its training/scoring helpers (pipeline/msn.py)."""
+"""MSN (pipeline/models/msn.py) and its training/scoring helpers (pipeline/contrastive/msn.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline.models.msn import MSN, MSNConfig, cnn_output_size, context_tensor, response_tensor
-from pipeline.msn import (
+from pipeline.contrastive.msn import (
     MSNData,
     MSNTrainConfig,
     context_utterances,
@@ -22,6 +21,7 @@ from pipeline.msn import (
     train_msn,
     valid_candidates,
 )
+from pipeline.models.msn import MSN, MSNConfig, cnn_output_size, context_tensor, response_tensor
 from pipeline.schema import GROUPS, SILENCE
 
 torch.set_num_threads(1)

@@ -200,7 +200,7 @@ def test_an_encoder_that_is_not_installed_fails_at_once(tmp_path, section, monke
     assert one_error(section, {**REAL[section], "encoder": name}) == expected
     ps.validate(section, {"encoder": str(tmp_path)})  # a local directory is fine
 
-    from pipeline import persona_labels as pl
+    from pipeline.preprocessing import persona_labels as pl
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # from_pretrained must never be reached
     start = time.perf_counter()
@@ -226,13 +226,15 @@ def test_a_stage_with_a_bad_param_prints_one_line_exits_2_and_writes_nothing(tmp
 def test_choices_and_keys_match_the_code():
     from dataclasses import fields
 
-    from pipeline import dataset, groups, parlai, persona_labels, pmi, schema
+    from pipeline import dataset, schema
     from pipeline import train as train_mod
-    from pipeline.gcl import SELECTIONS, GCLConfig
-    from pipeline.matching import SCORERS, MatcherConfig
+    from pipeline.contrastive import groups
+    from pipeline.contrastive.gcl import SELECTIONS, GCLConfig
+    from pipeline.contrastive.matching import SCORERS, MatcherConfig
+    from pipeline.contrastive.msn import MSNTrainConfig
     from pipeline.models import BACKBONE_DEFAULTS, pednet, postks, transformer
     from pipeline.models.msn import MSNConfig, cnn_output_size
-    from pipeline.msn import MSNTrainConfig
+    from pipeline.preprocessing import parlai, persona_labels, pmi
 
     S = ps.SCHEMA
 

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from pipeline import parlai
 from pipeline.io import InputError
+from pipeline.preprocessing import parlai
 from pipeline.schema import PREPARED, SILENCE
 from tests.corpus import write_corpus
 

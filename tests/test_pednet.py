@@ -267,7 +267,7 @@ def test_select_none_false_always_picks_a_real_sentence(data, vocab):
 
 
 def test_probe_oracle_selection_uses_the_labels(data, vocab):
-    from pipeline.probe import oracle_encode, selection_agreement
+    from pipeline.evaluation.probe import oracle_encode, selection_agreement
 
     model, ds = make(data, vocab)
     model.eval()

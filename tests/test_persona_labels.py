@@ -11,8 +11,8 @@ import yaml
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pipeline import persona_labels as pl  # noqa: E402
 from pipeline.io import InputError, read_parquet  # noqa: E402
+from pipeline.preprocessing import persona_labels as pl  # noqa: E402
 from pipeline.schema import PERSONA_LABELS, PREPARED, SPLITS  # noqa: E402
 
 PERSONA = ["i have a big dog", "i work as a nurse at the hospital", "my favorite food is pizza"]

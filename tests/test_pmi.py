@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from pipeline import pmi
 from pipeline.io import read_parquet
+from pipeline.preprocessing import pmi
 from pipeline.schema import KEY, PMI, SILENCE, SPLITS
 from tests.prepared import write_params, write_prepared
 
@@ -273,8 +273,8 @@ def test_stage_bad_log_base_is_a_params_error(tmp_path, monkeypatch):
 
 
 def test_calibration_reads_the_authors_format_and_scores_agreement(tmp_path):
-    from pipeline import pmi_calibration as cal
     from pipeline.io import InputError
+    from pipeline.preprocessing import pmi_calibration as cal
 
     write_prepared(tmp_path)
     prepared = tmp_path / "data/prepared"

@@ -1,4 +1,4 @@
-"""pipeline.portable: the preprocessing stages that float math feeds run the same kernels on
+"""pipeline.preprocessing.portable: the preprocessing stages that float math feeds run the same kernels on
 every x86 CPU, so that their outputs hash the same on two machines (a shared DVC cache)."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import portable
+from pipeline.preprocessing import portable
 
 ROOT = Path(__file__).resolve().parents[1]
 x86 = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 kernels")
 
 PROBE = """
 import json, os, sys
-from pipeline.portable import pin
+from pipeline.preprocessing.portable import pin
 pin()
 import numpy, threadpoolctl
 print(json.dumps({"env": {k: os.environ.get(k) for k in %r},

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from pipeline.io import InputError
+from pipeline.preprocessing.vocab import build_vocab, count_tokens, load_vocab, token_ids, training_texts
 from pipeline.schema import PREPARED, SILENCE, SPECIALS, SPLITS, VOCAB
-from pipeline.vocab import build_vocab, count_tokens, load_vocab, token_ids, training_texts
 from stages import prepare
 from tests.corpus import write_corpus
 from tests.test_parlai import HOSTILE
@@ -149,7 +149,7 @@ def test_vocab_order_limits_and_specials():
 
 
 def test_training_texts_count_each_utterance_once(tmp_path):
-    from pipeline import parlai
+    from pipeline.preprocessing import parlai
 
     path = tmp_path / "t.txt"
     path.write_text(TINY)

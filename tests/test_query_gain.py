@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from pipeline import metrics, report, stats
 from pipeline.dataset import ALL_INPUTS, DataConfig, Vocab, load_split
 from pipeline.decode import derangement, query_log_probs, shuffled_batch
+from pipeline.evaluation import metrics, report, stats
 from pipeline.io import InputError
 from pipeline.models import model_params
 from pipeline.schema import GENERATIONS, GENERATIONS_LEGACY

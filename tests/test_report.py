@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pipeline import paper_results, report, stats
+from pipeline.evaluation import paper_results, report, stats
+from pipeline.evaluation.metrics import METRIC_KEYS, read_generations
 from pipeline.io import InputError, write_json, write_parquet
-from pipeline.metrics import METRIC_KEYS, read_generations
 from pipeline.schema import GENERATIONS_LEGACY, SILENCE
 from tests.prepared import write_params
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline import selection
+from pipeline.evaluation import selection
 from pipeline.io import InputError
 
 

@@ -1,4 +1,4 @@
-"""pipeline.selection_probe on tiny generated inputs: the selector trains on the persona
+"""pipeline.evaluation.selection_probe on tiny generated inputs: the selector trains on the persona
 cross-entropy alone and the report says how it scores on train and valid."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipeline import selection_probe
+from pipeline.evaluation import selection_probe
 from tests.model_inputs import write_model_inputs
 
 

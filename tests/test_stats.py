@@ -1,4 +1,4 @@
-"""Seed summaries and the paired bootstrap of pipeline/stats.py on small constructed cases."""
+"""Seed summaries and the paired bootstrap of pipeline/evaluation/stats.py on small constructed cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from pipeline import metrics, paper_results, stats
+from pipeline.evaluation import metrics, paper_results, stats
 from pipeline.io import InputError
 
 # ---------------------------------------------------------------- summarize

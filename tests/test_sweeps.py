@@ -1,4 +1,4 @@
-"""Sweep queueing and collection (pipeline.sweeps) without running experiments."""
+"""Sweep queueing and collection (pipeline.evaluation.sweeps) without running experiments."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from pipeline import sweeps
+from pipeline.evaluation import sweeps
 from pipeline.io import InputError
 from tests.dvc_project import make_project, run
 

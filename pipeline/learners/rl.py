@@ -50,10 +50,10 @@ from pipeline.dataset import Batch, DialogueDataset, Vocab
 from pipeline.models import Generator
 from pipeline.models.seq2seq_backward import context_turns, pad_rows
 from pipeline.params_schema import config_from
-from pipeline.text import normalize
+from pipeline.preprocessing.text import normalize
 
 # Li et al. 2016b's list of dull responses (from OpenSubtitles), written as the corpus is
-# normalised (pipeline.text.normalize expands contractions).
+# normalised (pipeline.preprocessing.text.normalize expands contractions).
 DULL_RESPONSES = ("i do not know what you are talking about .", "i do not know .", "you do not know .",
                   "you know what i mean .", "i know what you mean .", "you know what i am saying .",
                   "you do not know anything .")

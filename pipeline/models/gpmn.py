@@ -21,7 +21,7 @@ from collections import Counter
 import torch
 
 from pipeline.dataset import PERSONA, Batch
-from pipeline.metrics import load_idf
+from pipeline.evaluation.metrics import load_idf
 from pipeline.models import ModelContext, State, register
 from pipeline.models.layers import Attention
 from pipeline.models.seq2seq import Seq2Seq

@@ -2,7 +2,7 @@
 utterances on ``<eot>``, and the word-level encoder run over every utterance at once.
 
 The dataset hands every generator one flat context (``batch.query``: with ``context:
-history`` the turns joined by ``<eot>``, pipeline.text.gcl_context, truncated to the last
+history`` the turns joined by ``<eot>``, pipeline.preprocessing.text.gcl_context, truncated to the last
 ``max_context_tokens`` tokens, so the oldest turn may be cut). :func:`split_utterances`
 cuts it back into turns inside the model, so the data pipeline and its cached batches are
 the same for every generator. The ``<eot>`` id needs no plumbing: ``Vocab`` refuses a

@@ -1,6 +1,6 @@
 """Where does a persona model's persona use break down: selection or decoding?
 
-    python -m pipeline.probe pednet [--split test] [--out reports/probes/pednet.json]
+    python -m pipeline.evaluation.probe pednet [--split test] [--out reports/probes/pednet.json]
 
 For a trained model that selects one persona sentence (PEDNet's CDNet) this decodes the
 split twice, with the model's own selection p̂ and with the optimal-persona label p* of
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline import metrics
 from pipeline.dataset import Batch, Vocab, load_split
 from pipeline.decode import generate_rows
+from pipeline.evaluation import metrics
 from pipeline.io import InputError, load_params, run_stage, write_json
 from pipeline.train import load_trained
 
@@ -81,7 +81,7 @@ def probe(model_name: str, split: str = "test", data_dir: Path = Path("data"), s
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.probe", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m pipeline.evaluation.probe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a run under checkpoints/ whose model selects a persona sentence (pednet)")
     ap.add_argument("--split", default="test")

@@ -29,15 +29,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.io import InputError
+from pipeline.preprocessing.text import normalize
 from pipeline.schema import PREPARED, SILENCE
-from pipeline.text import normalize
 
 PERSONA_PREFIXES = {"your persona:": "persona", "partner's persona:": "partner_persona"}
 PERSONA_CHOICES = ("self", "other", "both", "none")
 VARIANT_CHOICES = ("original", "revised")
 DUPLICATES_CHOICES = ("error", "drop", "keep")  # prepare.duplicates
 NO_PERSONA_CHOICES = ("error", "drop", "keep")  # prepare.no_persona
-SOURCES = "sources.json"  # fetch's manifest in data/raw (pipeline.fetch.SOURCES)
+SOURCES = "sources.json"  # fetch's manifest in data/raw (pipeline.preprocessing.fetch.SOURCES)
 # ParlAI's names: *_no_cands.txt has 2 fields per utterance line, the others 4 (candidates).
 _PARLAI_NAME = re.compile(r"(train|valid|test)_(self|other|both|none)_(original|revised)(_no_cands)?\.txt")
 _SILENCE_RAW = "__silence__"

@@ -1,6 +1,6 @@
 """Calibrate the PMI specific words against the PEDNet authors' released ones.
 
-    python -m pipeline.pmi_calibration --authors PATH/TO/PEDNet/data   # -> reports/pmi_calibration.json
+    python -m pipeline.preprocessing.pmi_calibration --authors PATH/TO/PEDNet/data   # -> reports/pmi_calibration.json
 
 The authors' repository (github.com/zwycodes/PEDNet) ships ``demo.dev2`` and
 ``demo.test2``: Persona-Chat valid and test turns, one per line, ``query \\t response \\t
@@ -9,7 +9,7 @@ tokens they mark as specific words (a lone ``0``: none). Our valid and test spli
 turns of Persona-Chat valid, so most of them can be matched by (query, response).
 
 For every combination of the options the paper leaves open (which statistics, the log
-base, ``min_count``, the word cap) this scores our matched turns with ``pipeline.pmi`` and
+base, ``min_count``, the word cap) this scores our matched turns with ``pipeline.preprocessing.pmi`` and
 reports the coverage (share of turns with >= 1 specific word, words per turn) beside the
 authors' on the same turns, and the word-level precision / recall / F1 of ours against
 theirs. The files are not part of this project (nothing is downloaded): point ``--authors``
@@ -23,9 +23,9 @@ import itertools
 import logging
 from pathlib import Path
 
-from pipeline import pmi
 from pipeline.io import InputError, read_parquet, run_stage, write_json
-from pipeline.text import stop_words
+from pipeline.preprocessing import pmi
+from pipeline.preprocessing.text import stop_words
 
 log = logging.getLogger(__name__)
 

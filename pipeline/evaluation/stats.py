@@ -39,9 +39,9 @@ import numpy as np
 from scipy import sparse
 from scipy import stats as scipy_stats
 
+from pipeline.evaluation.metrics import IDF_MISSING, ngrams, persona_scores
+from pipeline.evaluation.metrics import sentence_bleu_1_4 as metrics_sentence_bleu
 from pipeline.io import InputError
-from pipeline.metrics import IDF_MISSING, ngrams, persona_scores
-from pipeline.metrics import sentence_bleu_1_4 as metrics_sentence_bleu
 
 NOT_RUN = "not run"
 NOT_SIGNIFICANT = "not significant"
@@ -250,7 +250,7 @@ def example_stats(
 
 def metric_on_resamples(stats: ExampleStats, metric: str, counts: np.ndarray, chunk: int = 128) -> np.ndarray:
     """``metric`` on each row of ``counts`` [R, N] (how often each example is drawn; a row
-    of ones is the test set), exactly as pipeline.metrics defines it on that multiset."""
+    of ones is the test set), exactly as pipeline.evaluation.metrics defines it on that multiset."""
     counts = np.asarray(counts, dtype=np.float64)
     drawn = counts.sum(axis=1)
     if metric.startswith("distinct_"):
@@ -263,7 +263,7 @@ def metric_on_resamples(stats: ExampleStats, metric: str, counts: np.ndarray, ch
             for s in range(0, len(counts), chunk)
         ]) if by_type.shape[0] else np.zeros(len(counts))  # fmt: skip
         return np.divide(unique, totals, out=np.zeros(len(counts)), where=totals > 0)
-    if metric == "persona_f1":  # of the averaged R and P (pipeline.metrics.persona_metrics)
+    if metric == "persona_f1":  # of the averaged R and P (pipeline.evaluation.metrics.persona_metrics)
         r = counts @ stats.values["persona_recall"] / drawn
         p = counts @ stats.values["persona_precision"] / drawn
         return np.divide(2 * r * p, r + p, out=np.zeros(len(counts)), where=r + p > 0)

@@ -20,8 +20,8 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from pipeline.contrastive.groups import pool_jobs
 from pipeline.dataset import Vocab
-from pipeline.groups import pool_jobs
 from pipeline.io import InputError, progress, read_parquet, save_torch
 from pipeline.models.msn import MSN, MSNConfig, context_tensor, response_tensor
 from pipeline.schema import GROUPS, SILENCE

@@ -1,7 +1,7 @@
 """The pipeline's architecture at a glance: ``reports/dag.md``.
 
-    python -m pipeline.dag            # rewrites reports/dag.md
-    python -m pipeline.dag --stdout   # prints it instead
+    python -m pipeline.evaluation.dag            # rewrites reports/dag.md
+    python -m pipeline.evaluation.dag --stdout   # prints it instead
 
 ``dvc dag`` draws every stage instance (train@seq2seq-1, train@seq2seq-2, ...: over a
 hundred with three seeds), in lines two thousand columns wide. Here each matrix / foreach
@@ -26,7 +26,7 @@ from pathlib import Path
 import networkx as nx
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = Path("reports/dag.md")
 JOIN = "@"  # DVC's separator of a matrix / foreach stage's name and its item
 
@@ -85,7 +85,7 @@ def render(root: Path = ROOT) -> str:
     lines = [
         "# The pipeline",
         "",
-        "Generated from `dvc.yaml` by `python -m pipeline.dag` (rerun it after changing the stages;",
+        "Generated from `dvc.yaml` by `python -m pipeline.evaluation.dag` (rerun it after changing the stages;",
         "`tests/test_dag.py` checks this file is current). One node per stage of `dvc.yaml`: a",
         "matrix or foreach stage (e.g. `train`, one DVC stage `train@<model>-<seed>` per model and",
         "seed of `params.yaml`'s `seeds`) is one node, named by what it runs over. An arrow runs",
@@ -110,7 +110,7 @@ def render(root: Path = ROOT) -> str:
         lines.append(f"| `{n}` | {over.get(n, '')} | {', '.join(upstream) or '(inputs outside the pipeline)'} |")
     lines += [
         "",
-        "In a terminal: `python -m pipeline.dag --stdout` prints this file. DVC's own views:",
+        "In a terminal: `python -m pipeline.evaluation.dag --stdout` prints this file. DVC's own views:",
         "`dvc dag --collapse-foreach-matrix --md` (this graph with every edge), `dvc dag --md`",
         "(every stage instance), `dvc dag evaluate@pednet-1` (what one instance depends on).",
         "",
@@ -119,7 +119,7 @@ def render(root: Path = ROOT) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.dag", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluation.dag", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stdout", action="store_true", help=f"print instead of writing {OUT}")
     args = parser.parse_args(argv)
     text = render(ROOT)

@@ -27,7 +27,7 @@ Statistics for a training example (``statistics``):
   them alike. This is what the PEDNet authors' released files show: with log10 PMI,
   min_count 1 and at most 4 words it gives 89.5% of Persona-Chat valid turns a specific
   word, 2.45 per turn, and agrees with the authors' marked words at F1 0.905
-  (reports/pmi_calibration.json, ``python -m pipeline.pmi_calibration``). Scored from
+  (reports/pmi_calibration.json, ``python -m pipeline.preprocessing.pmi_calibration``). Scored from
   training statistics only, valid/test words unseen in the (here small) training split get
   no score at all, and coverage halves.
 
@@ -52,8 +52,8 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from pipeline.preprocessing.text import content_words
 from pipeline.schema import KEY, PMI, SPECIALS
-from pipeline.text import content_words
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Who selects the optimal persona, and how well the labels themselves hold up (PEDNet).
 
-    python -m pipeline.selection [--authors PATH/TO/PEDNet/data] [--models pednet postks]
+    python -m pipeline.evaluation.selection [--authors PATH/TO/PEDNet/data] [--models pednet postks]
 
 Writes reports/persona_selection.json and .md:
 
@@ -36,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import persona_labels as pl
+from pipeline.evaluation.stats import summarize
 from pipeline.io import InputError, atomic_path, load_params, read_parquet, run_stage, write_json
-from pipeline.pmi_calibration import author_lines
-from pipeline.stats import summarize
-from pipeline.text import content_words
+from pipeline.preprocessing import persona_labels as pl
+from pipeline.preprocessing.pmi_calibration import author_lines
+from pipeline.preprocessing.text import content_words
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def render(report: dict) -> str:
              "Every selector scored one way against the optimal-persona labels (`persona_labels`): "
              "**labelled**: accuracy over turns whose label is a persona sentence (choosing none there is "
              "wrong); **all**: over every turn, None a class (the authors' code's reading). Percent. "
-             "Written by `python -m pipeline.selection`.", "",
+             "Written by `python -m pipeline.evaluation.selection`.", "",
              "| Selector | Accuracy, labelled turns | Accuracy, all turns | None chosen |", "|---|---|---|---|"]
     for name, block in report["selectors"].items():
         lines.append(f"| {name} | {cell(block, 'accuracy_labelled')} | {cell(block, 'accuracy_all')} | "

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 IDF = Path("data/persona_idf/idf.tsv")
-SOURCES = "sources.json"  # the manifest; pipeline.parlai.SOURCES reads it
+SOURCES = "sources.json"  # the manifest; pipeline.preprocessing.parlai.SOURCES reads it
 _CHUNK = 1 << 20
 
 

@@ -1,8 +1,8 @@
 """Parameter sweeps of the papers' figures as queued DVC experiments, and their plots.
 
-    python -m pipeline.sweeps queue [k gamma group_size] [--values 1,5]  # dvc exp run --queue ...
+    python -m pipeline.evaluation.sweeps queue [k gamma group_size] [--values 1,5]  # dvc exp run --queue ...
     dvc queue start                                                      # run them (one at a time)
-    python -m pipeline.sweeps collect                                    # tables + plots
+    python -m pipeline.evaluation.sweeps collect                                    # tables + plots
 
 Each point is an experiment named ``sweep-<sweep>-<value>`` that reproduces only up to its
 run's ``evaluate`` stages, one per training seed of params ``seeds`` (``evaluate@pednet-1``,
@@ -26,8 +26,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.evaluation.stats import summarize
 from pipeline.io import InputError, atomic_path, run_stage
-from pipeline.stats import summarize
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _cell(row: dict, key: str) -> str:
 def render(tables: dict[str, list[dict]]) -> str:
     lines = ["# Parameter sweeps", "",
              "Queued DVC experiments on the shared slice (test split), collected by",
-             "`python -m pipeline.sweeps collect`; every other parameter at its `params.yaml` default.",
+             "`python -m pipeline.evaluation.sweeps collect`; every other parameter at its `params.yaml` default.",
              "Each cell is the mean ± sd over the training seeds (params `seeds`; the column `seeds`",
              "lists those found); the 95% CIs are in `reports/sweeps/*.csv` (`<metric>_lo`, `_hi`)",
              "and the plots' error bars. The row marked HEAD is the committed run. Plots:",
@@ -240,7 +240,7 @@ def collect(names: list[str], out: Path = Path("reports"), base_params: dict | N
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.sweeps", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m pipeline.evaluation.sweeps", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["queue", "collect"])
     ap.add_argument("sweeps", nargs="*", help=f"any of {', '.join(SWEEPS)} (default: all)")

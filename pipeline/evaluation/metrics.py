@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.io import InputError
+from pipeline.preprocessing.text import content_words
 from pipeline.schema import SILENCE, SPECIALS
-from pipeline.text import content_words
 
 log = logging.getLogger(__name__)
 
@@ -477,11 +477,11 @@ def evaluate(
 
 
 def load_training_stats(path: str | os.PathLike) -> NgramStats:
-    """n-gram counts of the training text, each piece once (``pipeline.vocab.training_texts``:
+    """n-gram counts of the training text, each piece once (``pipeline.preprocessing.vocab.training_texts``:
     a dialogue's persona sentences, then every query and response), ``__silence__`` skipped.
     GCL's ParlAI dictionary counted the same text: persona lines and every utterance."""
     from pipeline.io import read_parquet
-    from pipeline.vocab import training_texts
+    from pipeline.preprocessing.vocab import training_texts
 
     texts = [t for t in training_texts(read_parquet(path)) if t and t != SILENCE]
     stats = NgramStats.from_texts(texts)

@@ -49,8 +49,8 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from pipeline.io import InputError, progress
+from pipeline.preprocessing.text import gcl_context  # noqa: F401 (the contexts BM25 ranks; re-exported)
 from pipeline.schema import GROUPS
-from pipeline.text import gcl_context  # noqa: F401 (the contexts BM25 ranks; re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +352,7 @@ def to_table(example_ids: list[str], pools: Pools) -> pa.Table:
 def pool_jobs(groups: pa.Table, n: int) -> tuple[list, np.ndarray]:
     """(candidate lists, jobs [P, 5]: context row, response row, target row, slot, side),
     side 0 the response side (c, r'), 1 the context side (c', r): every pair a scorer (MSN,
-    pipeline.matching) must rate for the pools of ``groups`` (n rows of the split)."""
+    pipeline.contrastive.matching) must rate for the pools of ``groups`` (n rows of the split)."""
     cand = groups.column("candidate_rows").to_pylist()
     if len(cand) != n:
         raise InputError("data/groups/train.parquet", f"{len(cand)} rows, data/prepared/train.parquet has {n}")

@@ -1,14 +1,14 @@
 """Can PEDNet's selector learn to select on this data at all? A diagnostic (issue: CDNet
 selects near chance).
 
-    python -m pipeline.selection_probe [--epochs 3] [--set freeze_embeddings=true ...]
+    python -m pipeline.evaluation.selection_probe [--epochs 3] [--set freeze_embeddings=true ...]
 
 Trains CDNet's selection path alone (context encoder, persona encoder, specific-word query,
 3-hop memory; no decoder) with the persona cross-entropy as its only loss, from the same
 initialisation as a PEDNet run (params.yaml's `model` and `pednet`, Word2Vec vectors), and
 after every epoch scores it on train and valid: the cross-entropy over M + 1 classes (None
 the last) and the accuracy on turns labelled with a persona sentence, as
-``pipeline.selection`` scores every selector. Writes reports/selection_probe.json.
+``pipeline.evaluation.selection`` scores every selector. Writes reports/selection_probe.json.
 
 Reading it: if train accuracy climbs while valid accuracy stays flat, the selector
 overfits the 7,305 training turns (a data-size ceiling, not a bug); if train accuracy

@@ -44,10 +44,18 @@ import pyarrow as pa
 import scipy.sparse as sp
 from scipy.special import expit
 
-from pipeline.groups import gcl_context, okapi_idf, pool_jobs
+from pipeline.contrastive.groups import gcl_context, okapi_idf, pool_jobs
+from pipeline.contrastive.msn import MSNData, ranking_metrics, valid_candidates
 from pipeline.io import InputError, progress, read_parquet
-from pipeline.msn import MSNData, ranking_metrics, valid_candidates
-from pipeline.persona_labels import BUNDLED, PRECISIONS, _pad, encode, load_encoder, pooled, unit
+from pipeline.preprocessing.persona_labels import (
+    BUNDLED,
+    PRECISIONS,
+    _pad,
+    encode,
+    load_encoder,
+    pooled,
+    unit,
+)
 from pipeline.schema import EOT, GROUPS, SILENCE
 
 log = logging.getLogger(__name__)

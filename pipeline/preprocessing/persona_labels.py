@@ -136,7 +136,7 @@ def _pad(enc: Encoder, ids: list[list[int]]) -> dict:
 
 def mean_pool(hidden, attention_mask):
     """Mean of ``hidden`` [B, T, D] over the tokens where ``attention_mask`` [B, T] is 1, in
-    float32 (differentiable: the fine-tuned matcher of pipeline/matching.py trains through it)."""
+    float32 (differentiable: the fine-tuned matcher of pipeline/contrastive/matching.py trains through it)."""
     import torch
 
     hidden = hidden.float()
@@ -248,7 +248,7 @@ def label_splits(
     optionally ``query``. Per split: (labels, cosines(Y, p_i), cosines(X, p_i) or None
     without a ``query`` column). cos(X, p_i) sees only what a model sees at test time:
     CDNet's optional selection prior (``pednet.selection_prior``) and the retrieval
-    baseline of ``pipeline.selection``.
+    baseline of ``pipeline.evaluation.selection``.
     """
     distinct = sorted({s for cols in splits.values() for s in (*cols["response"], *cols.get("query", ()))}
                       | {p for cols in splits.values() for ps in cols["persona"] for p in ps})

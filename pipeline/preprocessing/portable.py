@@ -45,6 +45,6 @@ def pin() -> dict[str, str]:
         return {}
     loaded = [m for m in _LOADS_AT_IMPORT if m in sys.modules]
     if loaded and any(os.environ.get(k) != v for k, v in KERNELS.items()):
-        raise RuntimeError(f"pipeline.portable.pin() called after {', '.join(loaded)} was imported")
+        raise RuntimeError(f"pipeline.preprocessing.portable.pin() called after {', '.join(loaded)} was imported")
     os.environ.update(KERNELS)
     return dict(KERNELS)

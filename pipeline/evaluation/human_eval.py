@@ -2,9 +2,9 @@
 
 Annotators rate each response for **Relevance** and **Persona Expression** on 0–2.
 
-    python -m pipeline.human_eval export --examples 100 --seed 0 \\
+    python -m pipeline.evaluation.human_eval export --examples 100 --seed 0 \\
         --sheet reports/human_eval/sheet.csv --key reports/human_eval/key.csv
-    python -m pipeline.human_eval score --key reports/human_eval/key.csv \\
+    python -m pipeline.evaluation.human_eval score --key reports/human_eval/key.csv \\
         filled/alice.csv filled/bob.csv filled/carol.csv [--out reports/human_eval/scores.json]
 
 ``export`` samples test examples that every model answered (seeded), writes one row per
@@ -267,7 +267,7 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.human_eval", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluation.human_eval", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="write a blind, shuffled annotation sheet and its key")
     ex.add_argument("--generations-dir", default="reports/generations")
