@@ -212,3 +212,32 @@ def test_bad_metrics_files(project, capsys):
         f"error: reports/metrics/{A}/seed2.json: missing metric(s) "
     )
     assert not (project / "reports/gcl_ablations.md").exists()
+
+
+def test_each_generators_gcl_against_its_control(tmp_path, monkeypatch):
+    from stages import gcl_ablations as stage
+
+    runs = {  # transformer: GCL above its control by 0.2 / 0.3 / 0.2 points of Dist-2 at the last step
+        "transformer_history_gcl_last": {1: (0.0070, 0.110), 2: (0.0050, 0.100), 3: (0.0050, 0.090)},
+        "transformer_history_gcl_mle_only_last": {1: (0.0050, 0.110), 2: (0.0020, 0.100), 3: (0.0030, 0.090)},
+        "transformer_history_gcl_mle_only": {1: (0.0050, 0.110)},  # no GCL selected run: not run
+        "hred_history_gcl": {2: (0.0100, 0.100)},
+        "hred_history_gcl_mle_only": {2: (0.0090, 0.100), 3: (0.0080, 0.100)},  # one shared seed: no CI
+    }
+    for run, seeds in runs.items():
+        for seed, (d2, b1) in seeds.items():
+            write_json(metrics(d2, b1), tmp_path / f"reports/metrics/{run}/seed{seed}.json")
+    write_seeds_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    stage.main([])
+    lines = (tmp_path / "reports/gcl_ablations.md").read_text().splitlines()
+    diffs = [0.2, 0.3, 0.2]
+    mean, sd = sum(diffs) / 3, math.sqrt(sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2)
+    half = scipy_stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    row = _row(lines, "| Transformer (`transformer_history_gcl` − ")
+    assert row[1:7] == ["not run"] * 5 + ["0"]
+    assert row[8] == f"**+{mean:.3f} [+{mean - half:.3f}, +{mean + half:.3f}]**" and row[12] == "3"
+    assert row[11] == "+0.00 [+0.00, +0.00]"  # equal BLEU-1 on every seed
+    hred = _row(lines, "| HRED (`hred_history_gcl` − ")
+    assert hred[2] == "+0.100 (1 seed: no CI)" and hred[6] == "1" and hred[7:] == ["not run"] * 5 + ["0"]
+    assert _row(lines, "| HRAN (")[1:] == (["not run"] * 5 + ["0"]) * 2
