@@ -49,6 +49,8 @@ def test_query_similarities_are_the_query_persona_cosines(enc):
         assert s.dtype == np.float32 and len(s) == len(PERSONA)
         np.testing.assert_allclose(s, v[len(queries):] @ v[i], atol=1e-4)
     assert [int(np.argmax(s)) for s in query_sims] == [0, 1, 2]  # pets -> dog, work -> nursing, food -> pizza
+    # chat's live prior is the stage's number
+    np.testing.assert_allclose(pl.query_cosines(enc, queries[1], PERSONA), query_sims[1], atol=1e-4)
 
 
 def test_obvious_persona_is_chosen(enc):
