@@ -47,6 +47,7 @@ BAD = {
     "pednet_pmi_probe": (("gamma", "0.5"), ("hops", 0), "hop"),
     "pednet_probe_separate": (("persona_encoder", 1), ("k", 0), "encoder"),
     "pednet_prior": (("prior_scale", "abc"), ("selection_prior", "bert"), "prior"),
+    "pednet_prior_persona_nll": (("train", {"criterion": 1}), ("train", {"criterion": "ce"}), "criterion"),
     "seq2seq_history_dialogwae_ae_probe": (("gan_weight", "0"), ("gan_weight", -1), "gan"),
     "msn": (("channels", 8), ("max_words", 3), "layers"),
     "matcher": (("symmetric", "yes"), ("bm25_b", 1.5), "pooling"),
