@@ -128,7 +128,7 @@ def test_sweep_point_as_a_dvc_experiment(full):
     targets = sweeps.SWEEPS["k"].targets(SEEDS)
     assert targets == ["evaluate@pednet-1", "evaluate@pednet-2"]
     run(["dvc", "exp", "run", "--name", "sweep-k-1", "-S", "pednet.k=1", *targets], full)
-    code = ("from pipeline import sweeps; t = sweeps.collect(['k']);"
+    code = ("from pipeline.evaluation import sweeps; t = sweeps.collect(['k']);"
             "print({r['value']: (r['source'], r['seeds'], r.get('persona_f1')) for r in t['k']})")
     out = subprocess.run([sys.executable, "-c", code], cwd=full, env=env(), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
