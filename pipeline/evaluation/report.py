@@ -44,6 +44,7 @@ DISPLAY = {
     "transformer_history_gcl_last": "Transformer (multi-turn) + GCL, last step",
     "hran_history": "HRAN (multi-turn)",
     "hran_history_gcl": "HRAN (multi-turn) + GCL",
+    "hran_history_gcl_last": "HRAN (multi-turn) + GCL, last step",
     "seq2seq_history_adversarial_last": "Adversarial (Seq2Seq, multi-turn), last step",
     "seq2seq_history_mmi": "MMI-bidi (Seq2Seq, multi-turn)",
     "seq2seq_history_mmi_antilm": "MMI-antiLM (Seq2Seq, multi-turn)",
