@@ -600,6 +600,20 @@ def _paired_cell(diff: dict | None, decimals: int) -> str:
     return f"**{cell}**" if lo > 0 or hi < 0 else cell
 
 
+def _paired_cells(variant: Mapping[int, Mapping], base: Mapping[int, Mapping],
+                  columns: Sequence[tuple[str, str, int]]) -> list[str]:
+    """variant − base per (name, key, decimals) column, then the number of paired seeds."""
+    diffs = [paired_difference(variant, base, key) for _, key, _ in columns]
+    return ([_paired_cell(diff, d) for diff, (_, _, d) in zip(diffs, columns, strict=True)]
+            + [str(diffs[0]["n"]) if diffs[0] else "0"])
+
+
+def _paired_header(columns: Sequence[tuple[str, str, int]]) -> list[str]:
+    """The headers of ``_paired_cells`` at the selected checkpoint, then at the last step."""
+    return [cell for prefix in ("", "Last: ")
+            for cell in [f"{prefix}Δ {name}" for name, _, _ in columns] + [f"{prefix}seeds" if prefix else "Seeds"]]
+
+
 def _paper_delta(run: str, key: str) -> str:
     """The paper's row − its full GCL, exactly (from the printed strings); "—" where it prints none."""
     full = paper.GCL_TABLE5[GCL_FULL][key]
@@ -615,19 +629,13 @@ def gcl_paired_table(per_seed: PerSeed) -> str:
     compared = [(run, label) for run, label in GCL_ABLATIONS[1:]] + [GCL_CONTROL]
     compared += [(run, f"k = {k} (Figure 3)") for k, run in GCL_GROUP_SIZES if run and run != GCL_FULL]
     compared.append((GCL_BASELINE, "MLE baseline (no GCL)"))
-    header = (["Row"] + [f"Paper Δ {name}" for name, _, _ in PAIRED_COLUMNS]
-              + [f"Δ {name}" for name, _, _ in PAIRED_COLUMNS] + ["Seeds"]
-              + [f"Last: Δ {name}" for name, _, _ in PAIRED_COLUMNS] + ["Last: seeds"])  # fmt: skip
+    header = ["Row"] + [f"Paper Δ {name}" for name, _, _ in PAIRED_COLUMNS] + _paired_header(PAIRED_COLUMNS)
     rows = []
     for run, label in compared:
         cells = [label] + [_paper_delta(run, key) for _, key, _ in PAIRED_COLUMNS]
         # the MLE baseline has one checkpoint: against the full run's selected and last step
         for variant, full in ((run, GCL_FULL), (run if run == GCL_BASELINE else run + LAST, GCL_FULL + LAST)):
-            diffs = [paired_difference(per_seed.get(variant) or {}, per_seed.get(full) or {}, key)
-                     for _, key, _ in PAIRED_COLUMNS]  # fmt: skip
-            decimals = [d for _, _, d in PAIRED_COLUMNS]
-            cells += [_paired_cell(diff, d) for diff, d in zip(diffs, decimals, strict=True)]
-            cells.append(str(diffs[0]["n"]) if diffs[0] else "0")
+            cells += _paired_cells(per_seed.get(variant) or {}, per_seed.get(full) or {}, PAIRED_COLUMNS)
         rows.append(cells)
     return markdown_table(header, rows)
 
@@ -635,16 +643,13 @@ def gcl_paired_table(per_seed: PerSeed) -> str:
 def gcl_control_table(per_seed: PerSeed) -> str:
     """Each generator's GCL run − its MLE-only control, paired by seed, at the selected
     checkpoint and at the last step: what the contrastive term adds to continued MLE."""
-    header = (["Generator"] + [f"Δ {name}" for name, _, _ in CONTROL_COLUMNS] + ["Seeds"]
-              + [f"Last: Δ {name}" for name, _, _ in CONTROL_COLUMNS] + ["Last: seeds"])  # fmt: skip
+    header = ["Generator"] + _paired_header(CONTROL_COLUMNS)
     rows = []
     for ref, name in GCL_GENERATORS:
         cells = [f"{name} (`{ref}_gcl` − `{ref}_gcl_mle_only`)"]
         for suffix in ("", LAST):
             gcl, control = per_seed.get(f"{ref}_gcl{suffix}") or {}, per_seed.get(f"{ref}_gcl_mle_only{suffix}") or {}
-            diffs = [paired_difference(gcl, control, key) for _, key, _ in CONTROL_COLUMNS]
-            cells += [_paired_cell(diff, d) for diff, (_, _, d) in zip(diffs, CONTROL_COLUMNS, strict=True)]
-            cells.append(str(diffs[0]["n"]) if diffs[0] else "0")
+            cells += _paired_cells(gcl, control, CONTROL_COLUMNS)
         rows.append(cells)
     return markdown_table(header, rows)
 
