@@ -297,10 +297,15 @@ def load_split(
         if SPECIFIC_WORDS in inputs:
             for ex, words in zip(examples, pmi["specific_words"], strict=True):
                 ex.specific_words = enc(" ".join(words or []))
-    if PERSONA_LABEL in inputs:
+    if PERSONA_PRIOR in inputs and PERSONA not in inputs:
+        raise ValueError(f"input {PERSONA_PRIOR} needs input {PERSONA}")
+    if PERSONA_LABEL in inputs or PERSONA_PRIOR in inputs:
         path = data_dir / "persona_labels" / f"{split}.parquet"
-        labels = read_parquet(path, columns=["example_id", "optimal_persona"]).to_pydict()
+        wanted = ["example_id"] + (["optimal_persona"] if PERSONA_LABEL in inputs else []) \
+            + (["query_similarities"] if PERSONA_PRIOR in inputs else [])
+        labels = read_parquet(path, columns=wanted).to_pydict()
         _check_ids(path, labels["example_id"], ids)
+    if PERSONA_LABEL in inputs:
         dropped = 0
         for ex, label in zip(examples, labels["optimal_persona"], strict=True):
             if label is not None and label >= config.max_persona_sentences:
@@ -310,16 +315,7 @@ def load_split(
         if dropped:
             log.warning("%s: %d optimal-persona labels point past max_persona_sentences -> None", split, dropped)
     if PERSONA_PRIOR in inputs:
-        if PERSONA not in inputs:
-            raise ValueError(f"input {PERSONA_PRIOR} needs input {PERSONA}")
-        path = data_dir / "persona_labels" / f"{split}.parquet"
-        table = read_parquet(path)
-        if "query_similarities" not in table.column_names:
-            raise InputError(path, "no query_similarities column (written by the persona_labels stage since "
-                                   "pednet.selection_prior; rerun it: dvc repro persona_labels)")
-        prior = table.select(["example_id", "query_similarities"]).to_pydict()
-        _check_ids(path, prior["example_id"], ids)
-        for i, (ex, sims, persona) in enumerate(zip(examples, prior["query_similarities"], prepared["persona"],
+        for i, (ex, sims, persona) in enumerate(zip(examples, labels["query_similarities"], prepared["persona"],
                                                     strict=True)):
             if len(sims or []) != len(persona):
                 raise InputError(path, f"{len(sims or [])} query_similarities for {len(persona)} persona sentences", i)

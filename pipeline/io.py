@@ -133,8 +133,18 @@ def write_parquet(table: pa.Table | Any, path: str | os.PathLike) -> Path:
 
 
 def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """Read `columns` (all when None); a missing file or column is one InputError naming it.
+
+    The column check reads only the schema, so a file written by an older version of a stage
+    says which column it lacks instead of failing deep inside pyarrow."""
     if not Path(path).exists():
         raise InputError(path, "file not found (did the upstream stage run?)")
+    if columns is not None:
+        have = set(pq.read_schema(path).names)
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise InputError(path, f"no column {', '.join(missing)} (written by an older version of its stage? "
+                                   "rerun it: dvc repro)")
     return pq.read_table(path, columns=columns)
 
 

@@ -326,5 +326,5 @@ def test_query_cosine_prior_needs_its_column(data, vocab, tmp_path):
     path = copy / "persona_labels" / "valid.parquet"
     pq.write_table(pq.read_table(path).drop(["query_similarities"]), path)
     config = PEDNet.data_config({**PARAMS, "selection_prior": "query_cosine"})
-    with pytest.raises(InputError, match="no query_similarities column"):
+    with pytest.raises(InputError, match="no column query_similarities"):
         load_split("valid", vocab, config, copy)

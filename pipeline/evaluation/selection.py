@@ -112,10 +112,7 @@ def load_labels(split: str, data: Path) -> tuple[dict, list[int | None]]:
     rows = read_parquet(data / "prepared" / f"{split}.parquet",
                         columns=["example_id", "query", "response", "persona"]).to_pydict()
     path = data / "persona_labels" / f"{split}.parquet"
-    table = read_parquet(path)
-    if "query_similarities" not in table.column_names:
-        raise InputError(path, "no query_similarities column (an older persona_labels stage): dvc repro persona_labels")
-    labels = table.select(["example_id", "optimal_persona", "query_similarities"]).to_pydict()
+    labels = read_parquet(path, columns=["example_id", "optimal_persona", "query_similarities"]).to_pydict()
     if labels["example_id"] != rows["example_id"]:
         raise InputError(path, f"rows differ from data/prepared/{split}.parquet")
     rows["query_similarities"] = labels["query_similarities"]
