@@ -202,3 +202,15 @@ def test_missing_sheet_or_key(exported, tmp_path):
         he.main(["score", "--key", str(key), str(tmp_path / "nobody.csv")])
     with pytest.raises(InputError, match="cannot read"):
         he.main(["score", "--key", str(tmp_path / "nokey.csv"), str(sheet)])
+
+
+def test_generations_without_a_column_are_one_input_error(tmp_path):
+    import pyarrow as pa
+
+    from pipeline.evaluation.human_eval import read_generations
+    from pipeline.io import write_parquet
+
+    path = tmp_path / "seed1.parquet"
+    write_parquet(pa.table({"example_id": ["a"], "persona": [["i ski"]], "context": ["hi"]}), path)
+    with pytest.raises(InputError, match="seed1.parquet: no column hypothesis"):
+        read_generations(path)

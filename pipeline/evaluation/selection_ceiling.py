@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
+from pipeline.evaluation.selection import retrieval_choices
 from pipeline.io import load_params, read_parquet, run_stage, write_json
 from pipeline.preprocessing.persona_labels import _pad, encode, load_encoder, pooled, unit
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=REPORT)
     args = parser.parse_args(argv)
     splits = {s: load_turns(s, args.data) for s in ("train", "valid", "test")}
-    retrieval = {s: round(accuracy([int(np.argmax(t["features"][:, 0])) for t in turns], turns), 4)
+    retrieval = {s: round(accuracy(retrieval_choices([t["features"][:, 0].tolist() for t in turns]), turns), 4)
                  for s, turns in splits.items()}
     report = {"labelled_turns": {s: sum(t["label"] is not None for t in turns) for s, turns in splits.items()},
               "retrieval_minilm_query": retrieval, "conditional_logit": conditional_logit(splits)}
