@@ -37,6 +37,7 @@ DISPLAY = {
     "seq2seq_history_gcl": "Seq2Seq (multi-turn) + GCL",
     "seq2seq_history_gcl_last": "Seq2Seq (multi-turn) + GCL, last step",
     "pednet_gcl": "PEDNet + GCL",
+    "pednet_gcl_last": "PEDNet + GCL, last step",
     "hred_history": "HRED (multi-turn)",
     "hred_history_gcl": "HRED (multi-turn) + GCL",
     "transformer_history": "Transformer (multi-turn)",
