@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.contrastive.gcl import GCLConfig, GroupContrastive
@@ -37,15 +37,30 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("reference", help="the MLE reference run: seq2seq_history | pednet (the run is <reference>_gcl)")
-    parser.add_argument("--seed", type=int, default=1, help="training seed (and the reference's)")
-    parser.add_argument("--run", default=None,
-                        help="a variant's params section (default <reference>_gcl): its `gcl` and `train` keys "
-                             "override those of <reference>_gcl, e.g. an ablation of GCL Table 5")
-    parser.add_argument("--data", default="data")
-    args = parser.parse_args(argv)
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("reference", help="the MLE reference run: seq2seq_history | pednet (the run is <reference>_gcl)")
+    p.add_argument("--seed", type=int, default=1, help="training seed (and the reference's)")
+    p.add_argument("--run", default=None,
+                   help="a variant's params section (default <reference>_gcl): its `gcl` and `train` keys "
+                        "override those of <reference>_gcl, e.g. an ablation of GCL Table 5")
+    p.add_argument("--data", default="data")
+    return p
+
+
+@dataclass
+class Setup:
+    model: str              # the architecture
+    run: str
+    all_params: dict        # with the run's merged section
+    objective: GroupContrastive
+    reference: Path         # the reference's best.pt
+    cfg: GCLConfig
+    extra: dict             # what the training fingerprint adds
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """The run's merged params and its objective (with the valid groups), as training uses them."""
     all_params = load_params()
     ref_run = args.reference
     data_dir, base, model = Path(args.data), f"{ref_run}_gcl", run_architecture(all_params, ref_run)
@@ -87,8 +102,15 @@ def main(argv: list[str] | None = None) -> dict:
     extra = {"gcl": asdict(cfg), "reference": ref_run,
              **{f"{kind}_{s}": file_digest(paths[s]) for kind, paths in (("groups", groups_paths),
                                                                         ("reference_scores", scores_paths)) for s in splits}}
-    return train(model, all_params, run_name=run, data_dir=data_dir, objective=objective,
-                 fingerprint_extra=extra, init_from=reference if cfg.init == "reference" else None, seed=args.seed)
+    return Setup(model, run, all_params, objective, reference, cfg, extra)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser(__doc__).parse_args(argv)
+    s = setup(args)
+    return train(s.model, s.all_params, run_name=s.run, data_dir=Path(args.data), objective=s.objective,
+                 fingerprint_extra=s.extra, init_from=s.reference if s.cfg.init == "reference" else None,
+                 seed=args.seed)
 
 if __name__ == "__main__":
     run_stage(main)

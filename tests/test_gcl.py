@@ -385,6 +385,29 @@ def test_reference_cache_equals_live_reference(data_dir, train_ds):
     assert GroupContrastive(GCLConfig(k=2), groups, cached, train_ds).validate(model, "cpu") == {}
 
 
+def test_separation_of_positives_and_negatives_by_hand(train_ds):
+    """separation(): D per kind and side, and the ROC AUC of D, positives against negatives."""
+    groups = hand_groups(len(train_ds))
+    ref = reference_for(groups, train_ds, 0.0).to_pylist()
+    # D = +1 for every original pair; row 0: response-side positive -2, negatives -1 (response), +2 (context)
+    for r in ref:
+        r["positive_log_probs"] = [v - (1.0 if j == 0 else -2.0) for j, v in enumerate(r["positive_log_probs"])]
+        r["negative_log_probs"] = [v - d for v, d in zip(r["negative_log_probs"], (-1.0, 2.0), strict=False)]
+    ref = pa.Table.from_pylist(ref, schema=REFERENCE_SCORES)
+    n = len(train_ds)
+    obj = GroupContrastive(GCLConfig(k=3), groups, ref, train_ds, valid=(groups, ref, train_ds), valid_batch=3)
+    sep = obj.separation(FakeModel(), "cpu", "fp32")
+    assert sep["positive_original"] == pytest.approx({"pairs": n, "mean_d": 1.0, "sd_d": 0.0, "share_d_gt_0": 1.0}, abs=1e-5)
+    assert sep["positive_response"] == pytest.approx({"pairs": 1, "mean_d": -2.0, "sd_d": 0.0, "share_d_gt_0": 0.0}, abs=1e-5)
+    assert sep["negative_response"]["mean_d"] == pytest.approx(-1.0)
+    assert sep["negative_context"]["share_d_gt_0"] == 1.0
+    # the negative at -1 is below n of the n + 1 positives, the one at +2 above all of them
+    assert sep["auc"] == pytest.approx(n / (2 * (n + 1)))
+    assert sep["cl"] == pytest.approx(obj.validate(FakeModel(), "cpu", "fp32")["cl"])
+    with pytest.raises(ValueError, match="valid groups"):
+        GroupContrastive(GCLConfig(k=3), groups, ref, train_ds).separation(FakeModel(), "cpu")
+
+
 def test_objective_eq4_plus_mle_anchor_by_hand(train_ds):
     # Eq. 4 + λ NLL: the fake model's NLL is 2.0 and Eq. 4 on row 0 at D = ln 3 is 1.562405
     out = objective(train_ds, LN3, mle_weight=0.5)(FakeModel(), train_ds.collate([0]))

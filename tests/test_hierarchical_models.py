@@ -5,6 +5,8 @@ greedy and beam decoding, bf16 autocast and a checkpoint round trip."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ import torch
 from pipeline import schema
 from pipeline.dataset import Vocab
 from pipeline.decode import beam_search, generate_rows, greedy
+from pipeline.io import InputError
 from pipeline.models import model_params
 from pipeline.models.hierarchy import EOT_ID, split_utterances
 from pipeline.models.transformer import sinusoid
@@ -208,7 +211,7 @@ def test_stages_train_score_fine_tune_and_decode_each_generator(tmp_path, data_d
     import pyarrow.parquet as pq
     import yaml
 
-    from stages import generate, reference_scores, select_groups, train, train_gcl
+    from stages import gcl_separation, generate, reference_scores, select_groups, train, train_gcl
     from tests.test_gcl import fake_groups
 
     shutil.copytree(data_dir, tmp_path / "data")
@@ -220,6 +223,7 @@ def test_stages_train_score_fine_tune_and_decode_each_generator(tmp_path, data_d
     runs = {f"{m}_history": {"model": m, "context": "history", "max_context_tokens": 30} for m in MODELS}
     gcl_runs = {f"{r}_gcl": {"train": {"max_steps": 2, "batch_size": 8, "validate_every": 0, "criterion": "cl_nll"}}
                 for r in runs}
+    gcl_runs["hred_history_gcl_x"] = {"gcl": {"k": 1}}  # a variant never trained
     params = tiny_params(train={"epochs": 1}, select_groups={"selection": "bm25", "seed": 1},
                          reference_scores={"batch_size": 64}, gcl={"k": 2}, **TINY, **runs, **gcl_runs)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -231,6 +235,15 @@ def test_stages_train_score_fine_tune_and_decode_each_generator(tmp_path, data_d
         reference_scores.main([run, "--seed", "1"])
         summary = train_gcl.main([run, "--seed", "1"])
         assert summary["steps"] == 2 and summary["criterion"] == "cl_nll"
+        if run == "hred_history":  # the diagnostic of what the fine-tune did to D, best and last step
+            sep = gcl_separation.main([run, "--seed", "1"])
+            written = json.loads(Path(f"reports/probes/gcl_separation/{run}_gcl/seed1.json").read_text())
+            assert written == json.loads(json.dumps(sep)) and sep["last"]["step"] == 2
+            best = sep["best"]  # its valid CL is the one the selection read (criterion = CL + 0.5 NLL)
+            assert best["cl"] == pytest.approx(summary["best_val_criterion"] - 0.5 * summary["best_val_nll"], abs=1e-3)
+            assert 0.0 <= sep["last"]["auc"] <= 1.0 and sep["last"]["positive_original"]["pairs"] > 0
+            with pytest.raises(InputError, match=f"checkpoints/{run}_gcl_x/seed1/best.pt: missing"):
+                gcl_separation.main([run, "--seed", "1", "--run", f"{run}_gcl_x"])
         target = load_checkpoint(f"checkpoints/{run}_gcl/seed1/last.pt")
         assert target["model_name"] == section["model"] and target["model_params"] == reference["model_params"]
         assert any(not torch.equal(target["model"][k], v) for k, v in reference["model"].items())

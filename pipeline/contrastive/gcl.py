@@ -493,31 +493,63 @@ class GroupContrastive:
         return out
 
     @torch.no_grad()
-    def validate(self, model, device, precision: str = "bf16") -> dict[str, float]:
-        """The contrastive loss on the valid groups (every group pair, eval mode), averaged
-        over valid examples as Eq. 4 averages over a batch: {"cl": ..., "d_positive": ...}."""
-        if self.valid is None:
-            return {}
+    def valid_pairs(self, model, device, precision: str = "bf16"):
+        """Every valid group pair, scored in eval mode, batch by batch: yields (rows in the
+        batch, Eq. 4 averaged over them, the pairs, their D as a numpy array)."""
         from pipeline.train import autocast  # the loop's module imports this one
 
         groups, dataset = self.valid
         was = model.training
         model.eval()
-        total, d_pos, n_pos, n = 0.0, 0.0, 0, len(groups)
         try:
-            for lo in range(0, n, self.valid_batch):
-                rows = list(range(lo, min(lo + self.valid_batch, n)))
+            for lo in range(0, len(groups), self.valid_batch):
+                rows = list(range(lo, min(lo + self.valid_batch, len(groups))))
                 pairs, _, weight = self._group_step(rows, groups)
                 if not pairs:
                     continue
                 with autocast(torch.device(device), precision):
-                    cl, d, positive, _ = self._cl(model, pairs, weight, dataset, device)
-                total += float(cl) * len(rows)  # weights average over the rows of this batch
-                d_pos += float(d[positive].sum())
-                n_pos += int(positive.sum())
+                    cl, d, _, _ = self._cl(model, pairs, weight, dataset, device)
+                yield len(rows), float(cl), pairs, d.float().cpu().numpy()
         finally:
             model.train(was)
-        return {"cl": total / max(n, 1), "d_positive": d_pos / max(n_pos, 1)}
+
+    def validate(self, model, device, precision: str = "bf16") -> dict[str, float]:
+        """The contrastive loss on the valid groups (every group pair, eval mode), averaged
+        over valid examples as Eq. 4 averages over a batch: {"cl": ..., "d_positive": ...}."""
+        if self.valid is None:
+            return {}
+        total, d_pos, n_pos = 0.0, 0.0, 0
+        for n_rows, cl, pairs, d in self.valid_pairs(model, device, precision):
+            positive = np.array([p.positive for p in pairs])
+            total += cl * n_rows  # the weights average over the rows of this batch
+            d_pos += float(d[positive].sum())
+            n_pos += int(positive.sum())
+        return {"cl": total / max(len(self.valid[0]), 1), "d_positive": d_pos / max(n_pos, 1)}
+
+    def separation(self, model, device, precision: str = "bf16") -> dict:
+        """How far the target's D = log p_m(r | c) − log p_n(r | c) tells the valid positives
+        from the negatives. Eq. 4 is convex in D, so a fine-tune whose D spreads more than
+        it separates raises the valid CL even when D moves the right way on average.
+        {"cl", "auc": ROC AUC of D, positives against negatives (0.5: none), and per
+        "<positive|negative>_<side>": pairs, mean and sd of D, share with D > 0}."""
+        from sklearn.metrics import roc_auc_score
+
+        if self.valid is None:
+            raise ValueError("separation needs the valid groups")
+        total, cells, labels, ds = 0.0, {}, [], []
+        for n_rows, cl, pairs, d in self.valid_pairs(model, device, precision):
+            total += cl * n_rows
+            for p, x in zip(pairs, d.tolist(), strict=True):
+                cells.setdefault(f"{'positive' if p.positive else 'negative'}_{p.side}", []).append(x)
+                labels.append(p.positive)
+                ds.append(x)
+        out: dict = {"cl": total / max(len(self.valid[0]), 1),
+                     "auc": float(roc_auc_score(labels, ds)) if 0 < sum(labels) < len(labels) else None}
+        for name, xs in sorted(cells.items()):
+            x = np.asarray(xs)
+            out[name] = {"pairs": len(x), "mean_d": float(x.mean()), "sd_d": float(x.std()),
+                         "share_d_gt_0": float((x > 0).mean())}
+        return out
 
 
 # -- the cached reference ----------------------------------------------------------------
