@@ -112,5 +112,6 @@ def main(argv: list[str] | None = None) -> dict:
                  fingerprint_extra=s.extra, init_from=s.reference if s.cfg.init == "reference" else None,
                  seed=args.seed)
 
+
 if __name__ == "__main__":
     run_stage(main)
