@@ -4,17 +4,23 @@ Reads data/msn_scores/{train,valid}.parquet and params `select_groups` + `gcl.k`
 data/scored_groups/{train,valid}.parquet (schema.SCORED_GROUPS) and reports/scored_groups.json
 (group sizes; per side the share of candidates from the example's own dialogue, distinct
 candidate responses and contexts, and the s distribution).
+
+``--k K`` (K > gcl.k; GCL Figure 3's larger groups, by hand, not a dvc stage) selects K per
+side into data/scored_groups_k<K>/ and reports/scored_groups_k<K>.json instead; then
+``stages.reference_scores <run> --k K`` and ``stages.train_gcl`` of a variant with gcl.k: K.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.contrastive.gcl import ORIGINAL, RESPONSE_SIDE, select_groups
-from pipeline.io import load_params, read_parquet, run_stage, write_json, write_parquet
+from pipeline.contrastive.gcl import ORIGINAL, RESPONSE_SIDE, groups_dir, select_groups
+from pipeline.io import InputError, load_params, read_parquet, run_stage, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +65,33 @@ def group_stats(table, prepared: dict) -> dict:
     return out
 
 
-def main(data_dir: str | Path = "data") -> dict:
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--k", type=int, default=None,
+                        help="a wider selection beside the DAG's (GCL Figure 3's k above params gcl.k): writes "
+                             "data/scored_groups_k<K>/ and reports/scored_groups_k<K>.json")
+    parser.add_argument("--data", default="data")
+    args = parser.parse_args([] if argv is None else argv)
     p = load_params("select_groups")
-    k = load_params("gcl")["k"]
-    data_dir = Path(data_dir)
+    base_k = load_params("gcl")["k"]
+    if args.k is not None and args.k <= base_k:
+        raise InputError("--k", f"{args.k}: the DAG's groups (params gcl.k = {base_k}) already hold every k <= "
+                                f"{base_k} (a run with a smaller gcl.k reads their first k)")
+    k = base_k if args.k is None else args.k
+    data_dir = Path(args.data)
+    out_dir = groups_dir(data_dir, args.k)
     stats: dict = {"selection": p["selection"], "k": k}
     for split in ("train", "valid"):
         table = select_groups(read_parquet(data_dir / "msn_scores" / f"{split}.parquet"), k, p["selection"], p["seed"])
-        write_parquet(table, data_dir / "scored_groups" / f"{split}.parquet")
+        write_parquet(table, out_dir / f"{split}.parquet")
         prepared = read_parquet(data_dir / "prepared" / f"{split}.parquet",
                                 columns=["dialogue_id", "history", "query", "response"]).to_pydict()
         split_stats = group_stats(table, prepared)
         stats.update(split_stats) if split == "train" else stats.update({"valid": split_stats})
     log.info("groups: %s", stats)
-    write_json(stats, Path("reports") / "scored_groups.json")
+    write_json(stats, Path("reports") / f"{out_dir.name}.json")
     return stats
 
+
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(lambda: main(sys.argv[1:]))

@@ -6,7 +6,8 @@ seq2seq_history's multi-turn context).
 
 The one training loop (pipeline/train.py) with the GCL objective (pipeline/contrastive/gcl.py). Reads
 params `train`, `model`, `<reference>`, `gcl` and `<reference>_gcl` (its `train` overrides),
-data/scored_groups, data/reference_scores/<reference>/seed<K> and checkpoints/<reference>/seed<K>/best.pt
+data/scored_groups, data/reference_scores/<reference>/seed<K> (for a variant whose gcl.k exceeds
+params gcl.k: data/scored_groups_k<k>, data/reference_scores_k<k>/...) and checkpoints/<reference>/seed<K>/best.pt
 (the frozen MLE reference, whose weights also initialise the target when gcl.init=reference);
 writes checkpoints/<reference>_gcl/seed<K>/{best,last}.pt and dvclive/<reference>_gcl/seed<K>/.
 """
@@ -19,7 +20,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.contrastive.gcl import GCLConfig, GroupContrastive
+from pipeline.contrastive.gcl import GCLConfig, GroupContrastive, groups_dir, reference_dir
 from pipeline.dataset import Vocab, load_split
 from pipeline.io import InputError, load_params, read_parquet, run_stage
 from pipeline.models import get_model_class, run_architecture, run_model_params
@@ -85,11 +86,15 @@ def setup(args: argparse.Namespace) -> Setup:
         raise InputError("params.yaml", f"{run}.gcl: {e}") from None
     reference = run_dirs(ref_run, args.seed)[0] / "best.pt"
     splits = ("train", "valid")
-    groups_paths = {s: data_dir / "scored_groups" / f"{s}.parquet" for s in splits}
-    scores_paths = {s: data_dir / "reference_scores" / ref_run / f"seed{args.seed}" / f"{s}.parquet" for s in splits}
+    # A group size above the DAG's (GCL Figure 3's k = 4, 5) reads its own wider selection.
+    wide = cfg.k if cfg.k > (all_params.get("gcl") or {}).get("k", cfg.k) else None
+    groups_paths = {s: groups_dir(data_dir, wide) / f"{s}.parquet" for s in splits}
+    scores_paths = {s: reference_dir(data_dir, ref_run, args.seed, wide) / f"{s}.parquet" for s in splits}
     for path in (reference, *groups_paths.values(), *scores_paths.values()):
         if not path.exists():
-            raise InputError(path, "missing (run train, select_groups and reference_scores first)")
+            how = "train, select_groups and reference_scores" if wide is None else \
+                f"train, then select_groups --k {wide} and reference_scores {ref_run} --seed {args.seed} --k {wide}"
+            raise InputError(path, f"missing (run {how} first)")
 
     # The objective's copies of the splits, built exactly as the loop builds its own.
     mparams = run_model_params(all_params, run, model)

@@ -145,7 +145,8 @@ def test_stage_renders_tables(project):
         "1",
     ]
     assert _row(lines, "| 2 |")[2:] == not_run + not_run
-    assert _row(lines, "| 4 |") == ["4", "—"] + not_run + not_run and _row(lines, "| 5 |")[1] == "—"
+    assert _row(lines, "| 4 |") == ["4", "`seq2seq_history_gcl_k4`"] + not_run + not_run
+    assert _row(lines, "| 5 |")[1] == "`seq2seq_history_gcl_k5`"
     assert "![Dist-2 and BLEU-1 against the group size k](plots/gcl_group_size.png)" in lines
 
     # the header: what was run, on what data, with which commands
@@ -155,7 +156,7 @@ def test_stage_renders_tables(project):
         "--checkpoint last" in text
         and "python -m stages.evaluate seq2seq_history_gcl_<v>_last --seed K" in text
     )
-    assert "`dvc repro`" in text and "24 more GCL fine-tunes" in text
+    assert "`dvc repro`" in text and "30 more GCL fine-tunes" in text
     assert f"`{A}` (3 seeds)" in text and "Not run yet: `seq2seq_history_gcl_no_positive_groups`" in text
 
     png = (project / "reports/plots/gcl_group_size.png").read_bytes()

@@ -224,6 +224,7 @@ def test_stages_train_score_fine_tune_and_decode_each_generator(tmp_path, data_d
     gcl_runs = {f"{r}_gcl": {"train": {"max_steps": 2, "batch_size": 8, "validate_every": 0, "criterion": "cl_nll"}}
                 for r in runs}
     gcl_runs["hred_history_gcl_x"] = {"gcl": {"k": 1}}  # a variant never trained
+    gcl_runs["hred_history_gcl_k3"] = {"gcl": {"k": 3}, "train": {"max_steps": 1}}
     params = tiny_params(train={"epochs": 1}, select_groups={"selection": "bm25", "seed": 1},
                          reference_scores={"batch_size": 64}, gcl={"k": 2}, **TINY, **runs, **gcl_runs)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -247,6 +248,18 @@ def test_stages_train_score_fine_tune_and_decode_each_generator(tmp_path, data_d
         target = load_checkpoint(f"checkpoints/{run}_gcl/seed1/last.pt")
         assert target["model_name"] == section["model"] and target["model_params"] == reference["model_params"]
         assert any(not torch.equal(target["model"][k], v) for k, v in reference["model"].items())
+        if run == "hred_history":  # GCL Figure 3's k above the DAG's (gcl.k = 2 here): its own selection, by hand
+            with pytest.raises(InputError, match="scored_groups_k3/train.parquet: missing .*select_groups --k 3"):
+                train_gcl.main([run, "--seed", "1", "--run", f"{run}_gcl_k3"])
+            assert select_groups.main(["--k", "3"])["k"] == 3 and Path("reports/scored_groups_k3.json").exists()
+            wide, narrow = (pq.read_table(f"data/{d}/train.parquet") for d in ("scored_groups_k3", "scored_groups"))
+            assert max(map(len, wide.column("negative_scores").to_pylist())) > \
+                max(map(len, narrow.column("negative_scores").to_pylist()))
+            reference_scores.main([run, "--seed", "1", "--k", "3"])
+            assert pq.read_table(f"data/reference_scores_k3/{run}/seed1/train.parquet").num_rows == wide.num_rows
+            assert train_gcl.main([run, "--seed", "1", "--run", f"{run}_gcl_k3"])["steps"] == 1
+            with pytest.raises(InputError, match="--k: 2: the DAG's groups"):
+                select_groups.main(["--k", "2"])
         for name in (run, f"{run}_gcl"):
             generate.main([name, "--seed", "1"])
             rows = pq.read_table(f"reports/generations/{name}/seed1.parquet").to_pylist()

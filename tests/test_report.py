@@ -302,7 +302,7 @@ def test_stage_renders_tables_claims_case_study_and_not_run(project):
     assert (
         "Evaluated: Seq2Seq (3 seeds), GPMN (1 seed), PEDNet (2 seeds), PEDNet + GCL (1 seed). "
         "Not run yet: PostKS, Seq2Seq (multi-turn), Seq2Seq (multi-turn) + GCL, "
-        "Seq2Seq (multi-turn) + GCL, last step, HRED (multi-turn), HRED (multi-turn) + GCL, "
+        "Seq2Seq (multi-turn) + GCL, last step, PEDNet + GCL, last step, HRED (multi-turn), HRED (multi-turn) + GCL, "
         "Transformer (multi-turn), Transformer (multi-turn) + GCL, Transformer (multi-turn) + GCL, last step, "
         "HRAN (multi-turn), HRAN (multi-turn) + GCL, HRAN (multi-turn) + GCL, last step, Adversarial (Seq2Seq, multi-turn), last step, MMI-bidi (Seq2Seq, multi-turn), "
         "MMI-antiLM (Seq2Seq, multi-turn), DeepRL (Seq2Seq, multi-turn), CVAE (Seq2Seq, multi-turn), "

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -302,6 +303,17 @@ def group_pairs(group: dict, reference: dict, cfg: GCLConfig) -> tuple[list[Pair
         for p in neg:
             p.s = -1.0
     return pos, neg
+
+
+def groups_dir(data_dir: str | Path, k: int | None = None) -> Path:
+    """data/scored_groups: the DAG's groups, selected at params gcl.k; with ``k``,
+    data/scored_groups_k<k>: a wider selection for GCL Figure 3's k above it (run by hand)."""
+    return Path(data_dir) / ("scored_groups" if k is None else f"scored_groups_k{k}")
+
+
+def reference_dir(data_dir: str | Path, run: str, seed: int, k: int | None = None) -> Path:
+    """Where the reference ``run``'s scores of the groups of :func:`groups_dir` (same ``k``) live."""
+    return Path(data_dir) / ("reference_scores" if k is None else f"reference_scores_k{k}") / run / f"seed{seed}"
 
 
 def check_aligned(groups: pa.Table, reference: pa.Table, n_train: int, where: str) -> None:

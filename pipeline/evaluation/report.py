@@ -69,19 +69,19 @@ GCL_ABLATIONS = (
 )
 # The control every GCL effect must beat: the same fine-tune with the contrastive term off
 GCL_CONTROL = ("seq2seq_history_gcl_mle_only", "Control: same fine-tune, MLE alone (no CL)")
-# GCL Figure 3's group sizes: k = 3 is the default run; k > 3 needs groups selected at a larger k
-GCL_GROUP_SIZES: tuple[tuple[int, str | None], ...] = (
-    (1, "seq2seq_history_gcl_k1"), (2, "seq2seq_history_gcl_k2"), (3, GCL_FULL), (4, None), (5, None),
-)  # fmt: skip
+# GCL Figure 3's group sizes: k = 3 is the default run; k = 1, 2 read the first k of its groups,
+# k = 4, 5 their own wider selection (stages.select_groups --k)
+GCL_GROUP_SIZES: tuple[tuple[int, str], ...] = tuple(
+    (k, GCL_FULL if k == 3 else f"seq2seq_history_gcl_k{k}") for k in (1, 2, 3, 4, 5))
 LAST = "_last"  # the run of a GCL training's final step (stages.generate --checkpoint last)
 DISPLAY.update(
     {GCL_CONTROL[0]: "Seq2Seq (multi-turn), MLE fine-tune (GCL's control)",
      GCL_CONTROL[0] + "_last": "Seq2Seq (multi-turn), MLE fine-tune (GCL's control), last step"}
     | {run: f"Seq2Seq (multi-turn) + GCL {label}" for run, label in GCL_ABLATIONS[1:]}
     | {run + LAST: f"Seq2Seq (multi-turn) + GCL {label}, last step" for run, label in GCL_ABLATIONS[1:]}
-    | {run: f"Seq2Seq (multi-turn) + GCL, k = {k}" for k, run in GCL_GROUP_SIZES if run and run != GCL_FULL}
+    | {run: f"Seq2Seq (multi-turn) + GCL, k = {k}" for k, run in GCL_GROUP_SIZES if run != GCL_FULL}
     | {run + LAST: f"Seq2Seq (multi-turn) + GCL, k = {k}, last step"
-       for k, run in GCL_GROUP_SIZES if run and run != GCL_FULL}
+       for k, run in GCL_GROUP_SIZES if run != GCL_FULL}
 )
 # GCL Table 3's rows: the paper's six (five learners and GCL), then our learners without a paper
 # row (MMI-antiLM) and the MLE model the learners are measured against (its paper row: Table 2(a))
@@ -526,7 +526,7 @@ CONTROL_COLUMNS = [("Dist-1", "distinct_1", 3), ("Dist-2", "distinct_2", 3), ("D
 def gcl_ablation_runs() -> list[str]:
     """Every run reports/gcl_ablations.md reads: the MLE baseline, then each GCL run and its last
     step, then every generator's GCL run and MLE-only control (and their last steps)."""
-    gcl = [run for run, _ in GCL_ABLATIONS] + [GCL_CONTROL[0]] + [r for _, r in GCL_GROUP_SIZES if r and r != GCL_FULL]
+    gcl = [run for run, _ in GCL_ABLATIONS] + [GCL_CONTROL[0]] + [r for _, r in GCL_GROUP_SIZES if r != GCL_FULL]
     runs = [GCL_BASELINE] + [r + suffix for r in gcl for suffix in ("", LAST)]
     others = [f"{ref}_gcl{tail}{suffix}" for ref, _ in GCL_GENERATORS for tail in ("", "_mle_only")
               for suffix in ("", LAST)]
@@ -628,7 +628,7 @@ def gcl_paired_table(per_seed: PerSeed) -> str:
     """Each ablation, group size and the MLE baseline against full GCL, seed by seed:
     the mean difference in percentage points and its t 95% CI, at both checkpoints."""
     compared = [(run, label) for run, label in GCL_ABLATIONS[1:]] + [GCL_CONTROL]
-    compared += [(run, f"k = {k} (Figure 3)") for k, run in GCL_GROUP_SIZES if run and run != GCL_FULL]
+    compared += [(run, f"k = {k} (Figure 3)") for k, run in GCL_GROUP_SIZES if run != GCL_FULL]
     compared.append((GCL_BASELINE, "MLE baseline (no GCL)"))
     header = ["Row"] + [f"Paper Δ {name}" for name, _, _ in PAIRED_COLUMNS] + _paired_header(PAIRED_COLUMNS)
     rows = []
@@ -658,9 +658,7 @@ def gcl_control_table(per_seed: PerSeed) -> str:
 def gcl_group_size_table(per_seed: PerSeed) -> str:
     header = ["k", "Run"] + _group_header("") + _group_header("Last: ")
     rows = [
-        [str(k), f"`{run}`" if run else "—"]
-        + _run_cells(per_seed, run)
-        + _run_cells(per_seed, run and run + LAST)
+        [str(k), f"`{run}`"] + _run_cells(per_seed, run) + _run_cells(per_seed, run + LAST)
         for k, run in GCL_GROUP_SIZES
     ]
     return markdown_table(header, rows)
@@ -682,7 +680,7 @@ def plot_group_sizes(per_seed: PerSeed, path: str | os.PathLike) -> None:
         for label, suffix, shift, marker in series:
             points = []
             for k, run in GCL_GROUP_SIZES:
-                summary = run_summary(per_seed, run and run + suffix)
+                summary = run_summary(per_seed, run + suffix)
                 if summary is not None:
                     mean, (lo, hi) = 100 * summary[key]["mean"], summary[key]["ci95"]
                     points.append((k + shift, mean, mean - 100 * lo, 100 * hi - mean))
@@ -700,7 +698,7 @@ def plot_group_sizes(per_seed: PerSeed, path: str | os.PathLike) -> None:
         ax.set_title(f"{name} (%)")
         ax.grid(alpha=0.3)
     fig.suptitle("GCL Figure 3 on our runs: Seq2Seq (multi-turn) + GCL, test split of the slice\n"
-                 "mean and 95% CI over training seeds (none: one seed); k = 4, 5 not run", fontsize=9)  # fmt: skip
+                 "mean and 95% CI over training seeds (none: one seed); a k without runs has no point", fontsize=9)  # fmt: skip
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})  # no timestamp: stable bytes
     plt.close(fig)
@@ -719,7 +717,7 @@ def render_gcl_ablations(per_seed: PerSeed, seeds: Sequence[int], plot_name: str
     done = [r for r in runs if per_seed.get(r)]
     missing = [r for r in runs if not per_seed.get(r)]
     seed_list = ", ".join(str(k) for k in seeds)
-    n_variants = len(GCL_ABLATIONS) - 1 + sum(1 for _, r in GCL_GROUP_SIZES if r and r != GCL_FULL)
+    n_variants = len(GCL_ABLATIONS) - 1 + sum(1 for _, r in GCL_GROUP_SIZES if r != GCL_FULL)
     parts = [
         "# GCL ablations (Table 5) and group size (Figure 3)",
         "",
@@ -804,8 +802,9 @@ def render_gcl_ablations(per_seed: PerSeed, seeds: Sequence[int], plot_name: str
         f"![Dist-2 and BLEU-1 against the group size k]({plot_name})",
         "",
         "k = 3 is full GCL (`seq2seq_history_gcl`); k = 1, 2 are `seq2seq_history_gcl_k1`, `_k2`, trained on "
-        "the k best and worst candidates of the k = 3 groups. k = 4, 5 need groups selected at a larger "
-        "`gcl.k` (`select_groups`, i.e. the `group_size` sweep of pipeline/evaluation/sweeps.py) and are not run. "
+        "the k best and worst candidates of the k = 3 groups. k = 4, 5 are `seq2seq_history_gcl_k4`, `_k5`, "
+        "trained on their own wider selection (`python -m stages.select_groups --k K`, then "
+        "`python -m stages.reference_scores seq2seq_history --seed S --k K`, then the commands above). "
         "Percent, mean ± sd over seeds; the plot draws the mean and its 95% t-CI over seeds (none for a "
         "single seed).",
     ]
