@@ -242,3 +242,33 @@ def test_each_generators_gcl_against_its_control(tmp_path, monkeypatch):
     hred = _row(lines, "| HRED (`hred_history_gcl` − ")
     assert hred[2] == "+0.100 (1 seed: no CI)" and hred[6] == "1" and hred[7:] == ["not run"] * 5 + ["0"]
     assert _row(lines, "| HRAN (")[1:] == (["not run"] * 5 + ["0"]) * 2
+
+
+def test_default_objective_against_its_alternatives(tmp_path, monkeypatch):
+    from stages import gcl_ablations as stage
+
+    runs = {
+        FULL: {1: (0.0110, 0.100), 2: (0.0120, 0.100)},
+        FULL + "_last": {1: (0.0100, 0.100), 2: (0.0140, 0.120)},
+        "seq2seq_history_gcl_eq4_last": {1: (0.0120, 0.110), 2: (0.0170, 0.130)},  # no selected decode
+        "seq2seq_history_gcl_scratch": {1: (0.0070, 0.100)},  # one checkpoint
+    }
+    for run, seeds in runs.items():
+        for seed, (d2, b1) in seeds.items():
+            write_json(metrics(d2, b1), tmp_path / f"reports/metrics/{run}/seed{seed}.json")
+    write_seeds_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    stage.main([])
+    lines = (tmp_path / "reports/gcl_ablations.md").read_text().splitlines()
+    default = _row(lines, "| Default: Eq. 4 + 1.0 NLL")
+    assert default[1] == f"`{FULL}`" and default[-6:] == ["—"] * 6
+    eq4 = _row(lines, "| Eq. 4 alone (no MLE anchor)")
+    assert eq4[2] == "not run" and eq4[9] == "1.450 ± 0.354"  # last: Dist-2 1.2, 1.7
+    # last step − the default's last step, seeds 1 and 2: Dist-2 +0.2, +0.3 pp (t CI: mean ± 12.706 ×
+    # 0.0707 / √2); BLEU-1 +1.0, +1.0 (sd 0: a zero-width interval that excludes 0, in bold)
+    assert eq4[-6:] == ["not run", "not run", "0", "+0.250 [-0.385, +0.885]", "**+1.00 [+1.00, +1.00]**", "2"]
+    scratch = _row(lines, "| The authors' recipe")
+    assert scratch[3] == "0.700" and scratch[8] == "not run"
+    assert scratch[-6:-3] == ["-0.400 (1 seed: no CI)", "+0.00 (1 seed: no CI)", "1"]
+    assert _row(lines, "| No fine-tune: the MLE reference | `seq2seq_history` |")[2] == "not run"
+    assert _row(lines, "| The same fine-tune with MLE alone")[1] == "`seq2seq_history_gcl_mle_only`"
