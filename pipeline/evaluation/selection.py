@@ -1,6 +1,6 @@
 """Who selects the optimal persona, and how well the labels themselves hold up (PEDNet).
 
-    python -m pipeline.evaluation.selection [--authors PATH/TO/PEDNet/data] [--models pednet postks]
+    python -m pipeline.evaluation.selection [--authors PATH/TO/PEDNet/data] [--models pednet pednet_prior postks gpmn]
 
 Writes reports/persona_selection.json and .md:
 
@@ -209,7 +209,7 @@ def render(report: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--authors", type=Path, default=None, help="the PEDNet authors' data folder (optional)")
-    parser.add_argument("--models", nargs="*", default=["pednet", "postks", "gpmn"])
+    parser.add_argument("--models", nargs="*", default=["pednet", "pednet_prior", "postks", "gpmn"])
     parser.add_argument("--out", default=REPORT)
     args = parser.parse_args(argv)
     report = analyse(args.models, args.authors)
