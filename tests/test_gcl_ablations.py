@@ -215,9 +215,20 @@ def test_bad_metrics_files(project, capsys):
     assert not (project / "reports/gcl_ablations.md").exists()
 
 
-def test_each_generators_gcl_against_its_control(tmp_path, monkeypatch):
+def render(runs: dict, root, monkeypatch) -> list[str]:
+    """reports/gcl_ablations.md's lines for ``runs`` (run -> seed -> (Dist-2, BLEU-1)), seeds 1-3."""
     from stages import gcl_ablations as stage
 
+    for run, seeds in runs.items():
+        for seed, (d2, b1) in seeds.items():
+            write_json(metrics(d2, b1), root / f"reports/metrics/{run}/seed{seed}.json")
+    write_seeds_params(root)
+    monkeypatch.chdir(root)
+    stage.main([])
+    return (root / "reports/gcl_ablations.md").read_text().splitlines()
+
+
+def test_each_generators_gcl_against_its_control(tmp_path, monkeypatch):
     runs = {  # transformer: GCL above its control by 0.2 / 0.3 / 0.2 points of Dist-2 at the last step
         "transformer_history_gcl_last": {1: (0.0070, 0.110), 2: (0.0050, 0.100), 3: (0.0050, 0.090)},
         "transformer_history_gcl_mle_only_last": {1: (0.0050, 0.110), 2: (0.0020, 0.100), 3: (0.0030, 0.090)},
@@ -225,13 +236,7 @@ def test_each_generators_gcl_against_its_control(tmp_path, monkeypatch):
         "hred_history_gcl": {2: (0.0100, 0.100)},
         "hred_history_gcl_mle_only": {2: (0.0090, 0.100), 3: (0.0080, 0.100)},  # one shared seed: no CI
     }
-    for run, seeds in runs.items():
-        for seed, (d2, b1) in seeds.items():
-            write_json(metrics(d2, b1), tmp_path / f"reports/metrics/{run}/seed{seed}.json")
-    write_seeds_params(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    stage.main([])
-    lines = (tmp_path / "reports/gcl_ablations.md").read_text().splitlines()
+    lines = render(runs, tmp_path, monkeypatch)
     diffs = [0.2, 0.3, 0.2]
     mean, sd = sum(diffs) / 3, math.sqrt(sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2)
     half = scipy_stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
@@ -245,21 +250,13 @@ def test_each_generators_gcl_against_its_control(tmp_path, monkeypatch):
 
 
 def test_default_objective_against_its_alternatives(tmp_path, monkeypatch):
-    from stages import gcl_ablations as stage
-
     runs = {
         FULL: {1: (0.0110, 0.100), 2: (0.0120, 0.100)},
         FULL + "_last": {1: (0.0100, 0.100), 2: (0.0140, 0.120)},
         "seq2seq_history_gcl_eq4_last": {1: (0.0120, 0.110), 2: (0.0170, 0.130)},  # no selected decode
         "seq2seq_history_gcl_scratch": {1: (0.0070, 0.100)},  # one checkpoint
     }
-    for run, seeds in runs.items():
-        for seed, (d2, b1) in seeds.items():
-            write_json(metrics(d2, b1), tmp_path / f"reports/metrics/{run}/seed{seed}.json")
-    write_seeds_params(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    stage.main([])
-    lines = (tmp_path / "reports/gcl_ablations.md").read_text().splitlines()
+    lines = render(runs, tmp_path, monkeypatch)
     default = _row(lines, "| Default: Eq. 4 + 1.0 NLL")
     assert default[1] == f"`{FULL}`" and default[-6:] == ["—"] * 6
     eq4 = _row(lines, "| Eq. 4 alone (no MLE anchor)")
