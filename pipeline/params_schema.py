@@ -230,7 +230,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "congeneric": {"k_max": Int(min=1)},
     "groups": {
         "top": Int(min=0), "bottom": Int(min=0), "context_tokens": Int(min=0), "k1": Float(min=0),
-        "b": Float(min=0, max=1), "same_dialogue": Bool(), "negatives": Choice("bottom", "random"),
+        "b": Float(min=0, max=1), "same_dialogue": Bool(), "negatives": Choice("bottom", "random", "middle"),
         "min_negative_tokens": Int(min=0), "seed": Int(min=0),
     },
     "train": {

@@ -50,7 +50,7 @@ from pipeline.dataset import (
     load_split,
     shard,
 )
-from pipeline.io import InputError, atomic_path, progress, save_torch, write_json
+from pipeline.io import InputError, atomic_path, progress, save_torch, warn_if_emulated_bf16, write_json
 from pipeline.models import (
     Generator,
     ModelContext,
@@ -196,8 +196,11 @@ def barrier(d: Dist) -> None:
 
 def autocast(device: torch.device, precision: str = "bf16"):
     """bf16 autocast on CPU and CUDA (CPU: AVX-512-bf16/AMX matmuls; 2.2x fp32's GEMM peak
-    on the project's EPYC machines, more with AMX); ``fp32``: none."""
+    on the project's EPYC machines, more with AMX; a warning where the CPU has neither);
+    ``fp32``: none."""
     if precision == "bf16" and device.type in ("cpu", "cuda"):
+        if device.type == "cpu":
+            warn_if_emulated_bf16()
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -26,6 +26,7 @@ from stages.evaluate import CONTROL, generations_path, metrics_path
 log = logging.getLogger(__name__)
 
 SUMMARY = "reports/summary.json"
+DIGITS = 12  # significant digits kept in the JSON reports
 CLAIMS = "reports/claims.json"
 TRAINING = "reports/training.json"
 OUT = "reports/results.md"
@@ -109,6 +110,18 @@ def _count(p: dict, key: str, minimum: int) -> int:
     return value
 
 
+def portable(obj):
+    """``obj`` with every float rounded to DIGITS significant digits: sums over thousands of
+    examples differ in the last bits between CPUs (SIMD widths), the committed bytes must not."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{DIGITS}g}")
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [portable(v) for v in obj]
+    return obj
+
+
 def main() -> None:
     params = load_params()
     if "report" not in params:
@@ -173,8 +186,8 @@ def main() -> None:
     records = training_records(models, seeds)
     if records:
         text = text.rstrip("\n") + "\n\n" + training_table(records)
-    write_json(summary, SUMMARY)
-    write_json(claims, CLAIMS)
+    write_json(portable(summary), SUMMARY)
+    write_json(portable(claims), CLAIMS)
     write_json(records, TRAINING)
     with atomic_path(OUT) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,16 @@ from pipeline.io import InputError, load_params, read_parquet, run_stage, write_
 log = logging.getLogger(__name__)
 
 
+def _top_share(values: list[str], n: int) -> float:
+    """The share of ``values`` taken by its n most frequent distinct values."""
+    return round(sum(c for _, c in Counter(values).most_common(n)) / max(len(values), 1), 4)
+
+
 def group_stats(table, prepared: dict) -> dict:
     """Group sizes; per side and kind: the share of pairs whose candidate comes from the
     example's own dialogue (or is its own context/response text), the distinct candidate
-    responses and contexts, and the s distribution."""
+    responses and contexts, the share of the 3 most frequent responses and of the 10 most
+    frequent contexts, and the s distribution."""
     dialogue = prepared["dialogue_id"]
     response = prepared["response"]
     context = [" ".join([*h, q]) for h, q in zip(prepared["history"], prepared["query"], strict=True)]
@@ -58,6 +65,10 @@ def group_stats(table, prepared: dict) -> dict:
                 "copies_own_text": round(float(np.mean(d["copy"])), 4),
                 "distinct_responses": len(set(d["resp"])),
                 "distinct_contexts": len(set(d["ctx"])),
+                # the greeting concentration of the authors' pools: 89% of response-side negatives
+                # were 3 sentences, 73% of context-side ones 10 contexts
+                "top3_responses_share": _top_share(d["resp"], 3),
+                "top10_contexts_share": _top_share(d["ctx"], 10),
                 "s_mean": round(float(s.mean()), 4),
                 "s_quantiles": {q: round(float(np.quantile(s, float(q))), 4) for q in ("0.1", "0.25", "0.5", "0.75", "0.9")},
                 "s_gt_0": round(float((s > 0).mean()), 4),

@@ -3,6 +3,7 @@ the objective and the cached reference."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -495,6 +496,9 @@ def test_gcl_stages_end_to_end(tmp_path, data_dir, monkeypatch, caplog):
     q = [x for row in scored.column("msn_context_side").to_pylist() for x in row]
     assert q and all(0 < x < 1 for x in q)
     select_groups.main()
+    pool_stats = json.loads((tmp_path / "reports/scored_groups.json").read_text())
+    for side in ("negative_response", "negative_context"):
+        assert 0 < pool_stats[side]["top3_responses_share"] <= 1 and 0 < pool_stats[side]["top10_contexts_share"] <= 1
     first = (tmp_path / "data/scored_groups/train.parquet").read_bytes()
     select_groups.main()
     assert (tmp_path / "data/scored_groups/train.parquet").read_bytes() == first  # deterministic bytes
@@ -591,3 +595,11 @@ def test_length_sorted_scoring_chunks_change_nothing(data_dir, train_ds, monkeyp
     chunked.sum().backward()
     for g, p in zip(grads, [p for p in model.parameters() if p.grad is not None], strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+
+
+def test_top_share_counts_the_most_frequent_values():
+    from stages.select_groups import _top_share
+
+    values = ["hi"] * 5 + ["how are you"] * 3 + ["a", "b"]
+    assert _top_share(values, 1) == 0.5 and _top_share(values, 2) == 0.8 and _top_share(values, 10) == 1.0
+    assert _top_share([], 3) == 0.0

@@ -153,7 +153,19 @@ def test_random_negatives_are_seeded_eligible_and_not_top():
         assert len(rest) == 6 and not set(top.tolist()) & set(rest.tolist())
         assert all(len(docs[r]) >= 4 for r in rest)
     with pytest.raises(ValueError, match="negatives"):
-        groups.bm25_pools(docs, negatives="middle")
+        groups.bm25_pools(docs, negatives="median")
+
+
+def test_middle_negatives_straddle_the_median_rank():
+    docs, dialogues = _dialogue_corpus(11)
+    pools = groups.bm25_pools(docs, top=3, bottom=4, dialogues=dialogues, negatives="middle", min_negative_tokens=3)
+    slow = groups.rank_bm25_pools(docs, top=3, bottom=10**6, dialogues=dialogues, min_negative_tokens=3)
+    for q, rows in enumerate(pools.rows):
+        rest = rows[pools.n_top[q]:].tolist()
+        ranked = slow.rows[q][slow.n_top[q]:].tolist()  # every eligible document, lowest score first
+        middle = len(ranked) // 2
+        assert len(rest) == 4 and all(abs(ranked.index(r) - middle) <= 2 for r in rest), q
+        assert all(len(docs[r]) >= 3 for r in rest)
 
 
 def test_pick_is_exact_with_ties():
@@ -225,7 +237,7 @@ def test_stage_rejects_bad_params(tmp_path, monkeypatch):
     _params(tmp_path, top=-1)
     with pytest.raises(InputError, match="groups.top"):
         stage.main()
-    for bad, match in (({"negatives": "middle"}, "groups.negatives"), ({"same_dialogue": "no"}, "groups.same_dialogue"),
+    for bad, match in (({"negatives": "median"}, "groups.negatives"), ({"same_dialogue": "no"}, "groups.same_dialogue"),
                        ({"min_negative_tokens": 2.5}, "groups.min_negative_tokens"), ({"topp": 3}, "groups.topp")):
         _params(tmp_path, **bad)
         with pytest.raises(InputError, match=match):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from rank_bm25 import BM25Okapi
 
-from pipeline.contrastive import matching
+from pipeline.contrastive import groups, matching, negative_options
 from pipeline.contrastive.matching import (
     SEPARATOR,
     BM25Ranker,
@@ -190,6 +190,9 @@ def test_stage_rejects_bad_params_before_loading(tmp_path, monkeypatch):
         stage.main()
     with pytest.raises(InputError, match="score_groups.scorer"):
         score_groups.main()
+    write_params(tmp_path, score_groups={"scorer": "msn"})
+    with pytest.raises(InputError, match="score_groups.scorer: msn"):
+        negative_options.main([])
 
 
 # -- the stage and the pools -------------------------------------------------------------
@@ -237,6 +240,7 @@ def test_stage_fine_tunes_writes_a_loadable_checkpoint_and_scores_pools(tmp_path
     prepared = pq.read_table(root / "data/prepared/train.parquet")
     (root / "data/groups").mkdir()
     pq.write_table(groups_of(prepared), root / "data/groups/train.parquet")
+    pq.write_table(groups_of(pq.read_table(root / "data/prepared/valid.parquet")), root / "data/groups/valid.parquet")
     for scorer in ("bm25", "minilm"):
         write_params(root, score_groups={"scorer": scorer, "max_pairs": 64})
         score_groups.main()
@@ -257,6 +261,15 @@ def test_stage_fine_tunes_writes_a_loadable_checkpoint_and_scores_pools(tmp_path
     cos = tuned.score([train.contexts[j]], [train.responses[i]])[0]
     assert table.column("msn_context_side")[i].as_py()[0] == pytest.approx(float(platt(round(float(cos), 5))),
                                                                            abs=2e-6)
+
+    # the negatives probe: every option of groups.negatives, built, scored and selected
+    write_params(root, score_groups={"scorer": "bm25", "max_pairs": 64}, gcl={"k": 1},
+                 groups={"top": 2, "bottom": 3, "min_negative_tokens": 0})
+    probe = negative_options.main(["--out", "reports/probes/negative_options.json"])
+    assert set(probe["options"]) == set(groups.NEGATIVES) and "precision" in probe["matcher"]
+    for stats in probe["options"].values():
+        assert stats["negatives_per_example"] > 0 and stats["negative_response"]["same_dialogue"] == 0.0
+    assert json.loads((root / "reports/probes/negative_options.json").read_text()) == probe
 
 
 def test_score_pools_rejects_misaligned_groups(tmp_path):

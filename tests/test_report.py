@@ -459,3 +459,11 @@ def test_training_records_are_collected(project):
     (project / "reports/training/seq2seq/seed2.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match="seed2.json: not JSON"):
         stage.main()
+
+
+def test_portable_rounds_away_the_last_bits_of_cpu_dependent_sums():
+    from stages.report import portable
+
+    a = {"ci95": [0.030505897918311195, -1.5e-07], "n": 3, "holds": True, "id": "x"}
+    b = {"ci95": [0.03050589791831118, -1.5000000000000002e-07], "n": 3, "holds": True, "id": "x"}
+    assert portable(a) == portable(b) == {"ci95": [0.0305058979183, -1.5e-07], "n": 3, "holds": True, "id": "x"}

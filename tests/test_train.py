@@ -302,6 +302,25 @@ def test_bf16_and_fp32_paths(tmp_path, data_dir):
     assert torch.all(out16[1, 5:] == 0)  # padding stays out of the state in bf16 too
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_warns_once(native, monkeypatch, caplog):
+    import logging
+
+    from pipeline import io
+
+    monkeypatch.setattr(io, "native_cpu_bf16", lambda: native)
+    io._warn_emulated_bf16.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        for _ in range(2):
+            with train_mod.autocast(torch.device("cpu"), "bf16"):
+                pass
+        with train_mod.autocast(torch.device("cpu"), "fp32"):
+            pass
+    warnings = [r for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warnings) == (0 if native else 1)
+    io._warn_emulated_bf16.cache_clear()
+
+
 def test_checkpoints_are_byte_identical_for_identical_contents(tmp_path):
     # torch.save names its archive after the file it is given; save_torch writes through a
     # temporary file, so without care every save of the same weights had different bytes

@@ -170,7 +170,7 @@ def _split_by_df(counts: sp.csr_matrix, weights: sp.csr_matrix):
     )
 
 
-NEGATIVES = ("bottom", "random")  # where the non-top candidates come from
+NEGATIVES = ("bottom", "random", "middle")  # where the non-top candidates come from
 
 
 def _grouping(keys: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -198,7 +198,8 @@ def bm25_pools(
 
     ``dialogues`` (one id per context): a query never gets a candidate of its own
     dialogue. ``negatives``: the other candidates are the lowest-BM25 contexts ("bottom",
-    the authors') or uniformly random ones ("random", seeded per query row); either way
+    the authors'), uniformly random ones ("random", seeded per query row) or those ranked
+    around the query's median BM25 score ("middle"); in every case
     only contexts of at least ``min_negative_tokens`` tokens (the greetings that open a
     dialogue score lowest for almost every query).
     """
@@ -252,8 +253,13 @@ def bm25_pools(
             rest_ok = np.zeros((hi - lo, bottom), dtype=bool)
             for j in range(hi - lo):
                 eligible = np.flatnonzero(np.isfinite(scores[j]))
-                take = np.random.default_rng([seed, int(queries[j])]).choice(
-                    eligible, size=min(bottom, len(eligible)), replace=False)
+                if negatives == "random":
+                    take = np.random.default_rng([seed, int(queries[j])]).choice(
+                        eligible, size=min(bottom, len(eligible)), replace=False)
+                else:  # middle: the window of ranks around the median score, ties as at the bottom
+                    ranked = eligible[np.lexsort((_tie_key(queries[j : j + 1], eligible), scores[j, eligible]))]
+                    start = max(0, (len(ranked) - bottom) // 2)
+                    take = ranked[start : start + bottom]
                 rest_c[j, : len(take)] = take
                 rest_ok[j, : len(take)] = True
         cand = np.concatenate([top_c, rest_c], axis=1)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipeline.io import InputError, progress
+from pipeline.io import InputError, progress, warn_if_emulated_bf16
 from pipeline.params_schema import BUNDLED_ENCODER, encoder_problem
 from pipeline.schema import PERSONA_LABELS
 
@@ -103,6 +103,8 @@ def load_encoder(
     else:  # other architectures (e.g. a final norm after the layers): ask for all hidden states
         hidden_index = keep
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if precision == "bfloat16" and device == "cpu":
+        warn_if_emulated_bf16()
     model.to(device).eval()
     return Encoder(tokenizer, model, device, max_length, precision, hidden_index)
 
