@@ -11,7 +11,7 @@ import pytest
 import torch
 from rank_bm25 import BM25Okapi
 
-from pipeline.contrastive import groups, matching, negative_options
+from pipeline.contrastive import groups, matching
 from pipeline.contrastive.matching import (
     SEPARATOR,
     BM25Ranker,
@@ -182,7 +182,7 @@ def test_params_defaults_and_floats():
 
 def test_stage_rejects_bad_params_before_loading(tmp_path, monkeypatch):
     from stages import matcher as stage
-    from stages import score_groups
+    from stages import negative_options, score_groups
 
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, matcher={"epochs": 0}, score_groups={"scorer": "tfidf"})
@@ -214,7 +214,7 @@ def groups_of(prepared: pa.Table) -> pa.Table:
 @pytest.mark.slow
 def test_stage_fine_tunes_writes_a_loadable_checkpoint_and_scores_pools(tmp_path, monkeypatch):
     from stages import matcher as stage
-    from stages import score_groups
+    from stages import negative_options, score_groups
 
     root = write_prepared(tmp_path)
     monkeypatch.chdir(root)

@@ -1,6 +1,6 @@
 """Where should GCL's negatives come from? The options of ``groups.negatives`` side by side.
 
-    python -m pipeline.contrastive.negative_options [--out reports/probes/negative_options.json]
+    python -m stages.negative_options [--out reports/probes/negative_options.json]
 
 For every option (``bottom``: the lowest-BM25 contexts, the authors'; ``random``; ``middle``:
 ranked around the query's median BM25 score), with params.yaml's other ``groups`` settings,
@@ -9,7 +9,7 @@ groups exactly as the ``groups`` -> ``score_groups`` -> ``select_groups`` stages
 reports the negatives' statistics (``stages.select_groups.group_stats``): distinct
 responses and contexts, the share of the most frequent ones (a fixed handful of greetings
 shows there), and the s distribution (s > 0: a "negative" the matcher calls a match).
-Not a DVC stage: an analysis over data/prepared and checkpoints/matcher (run `dvc repro
+Not a DVC stage (like stages.gcl_ablations): an analysis over data/prepared and checkpoints/matcher (run `dvc repro
 matcher` first); the option it argues for is params.yaml's default.
 """
 
@@ -21,6 +21,8 @@ import logging
 from pipeline.contrastive import groups, matching
 from pipeline.contrastive.gcl import select_groups
 from pipeline.io import InputError, load_params, read_parquet, run_stage, write_json
+from stages.groups import DEFAULTS
+from stages.select_groups import group_stats
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +30,11 @@ PREPARED = "data/prepared/train.parquet"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.contrastive.negative_options", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m stages.negative_options", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--out", default="reports/probes/negative_options.json")
     parser.add_argument("--matcher", default="checkpoints/matcher")
     args = parser.parse_args(argv)
-    from stages.groups import DEFAULTS
-    from stages.select_groups import group_stats
-
     p = {**DEFAULTS, **load_params("groups")}
     scorer = load_params("score_groups").get("scorer", "msn")
     if scorer == "msn":
