@@ -21,17 +21,26 @@ SPLITS = ("train", "valid")
 DEFAULTS = {"same_dialogue": False, "negatives": "random", "min_negative_tokens": 10, "seed": 1}
 
 
+def pools_of(p: dict, prepared: dict, negatives: str | None = None) -> groups.Pools:
+    """The BM25 pools of a split's columns (example_id, dialogue_id, history, query) under the
+    `groups` params ``p``; ``negatives`` overrides p["negatives"] (stages.negative_options)."""
+    contexts = [groups.gcl_context(h, q, p["context_tokens"])
+                for h, q in zip(prepared["history"], prepared["query"], strict=True)]
+    log.info("%d pairs, contexts of %.1f tokens on average (last %d kept)", len(contexts),
+             float(np.mean([len(c) for c in contexts])) if contexts else 0.0, p["context_tokens"])
+    return groups.bm25_pools(contexts, p["top"], p["bottom"], p["k1"], p["b"],
+                             dialogues=None if p["same_dialogue"] else prepared["dialogue_id"],
+                             negatives=negatives or p["negatives"], min_negative_tokens=p["min_negative_tokens"],
+                             seed=p["seed"])
+
+
 def main() -> None:
     p = {**DEFAULTS, **load_params("groups")}  # load_params checks the section (pipeline/params_schema.py)
     for split in SPLITS:
         prepared = f"data/prepared/{split}.parquet"
         t = read_parquet(prepared, columns=["example_id", "dialogue_id", "history", "query"]).to_pydict()
-        contexts = [groups.gcl_context(h, q, p["context_tokens"]) for h, q in zip(t["history"], t["query"], strict=True)]
-        log.info("read %s: %d pairs, contexts of %.1f tokens on average (last %d kept)", prepared, len(contexts),
-                 float(np.mean([len(c) for c in contexts])) if contexts else 0.0, p["context_tokens"])
-        pools = groups.bm25_pools(contexts, p["top"], p["bottom"], p["k1"], p["b"],
-                                  dialogues=None if p["same_dialogue"] else t["dialogue_id"],
-                                  negatives=p["negatives"], min_negative_tokens=p["min_negative_tokens"], seed=p["seed"])
+        log.info("read %s", prepared)
+        pools = pools_of(p, t)
         sizes = np.array([len(r) for r in pools.rows])
         same = [t["dialogue_id"][c] == t["dialogue_id"][q] for q, r in enumerate(pools.rows) for c in r]
         rest = np.concatenate([r[k:] for r, k in zip(pools.rows, pools.n_top, strict=True)] or [np.zeros(0)])

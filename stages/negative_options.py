@@ -21,7 +21,7 @@ import logging
 from pipeline.contrastive import groups, matching
 from pipeline.contrastive.gcl import select_groups
 from pipeline.io import InputError, load_params, read_parquet, run_stage, write_json
-from stages.groups import DEFAULTS
+from stages.groups import DEFAULTS, pools_of
 from stages.select_groups import group_stats
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,11 @@ def main(argv: list[str] | None = None) -> dict:
     k = load_params("gcl")["k"]
     selection = load_params("select_groups").get("selection", "msn")
     prepared = read_parquet(PREPARED).to_pydict()
-    contexts = [groups.gcl_context(h, q, p["context_tokens"])
-                for h, q in zip(prepared["history"], prepared["query"], strict=True)]
     out: dict = {"scorer": scorer, "matcher": matching.read_calibration(args.matcher)["config"], "k": k,
                  "min_negative_tokens": p["min_negative_tokens"], "same_dialogue": p["same_dialogue"],
                  "options": {}}
     for option in groups.NEGATIVES:
-        pools = groups.bm25_pools(contexts, p["top"], p["bottom"], p["k1"], p["b"],
-                                  dialogues=None if p["same_dialogue"] else prepared["dialogue_id"],
-                                  negatives=option, min_negative_tokens=p["min_negative_tokens"], seed=p["seed"])
+        pools = pools_of(p, prepared, negatives=option)
         table = matching.score_pools(scorer, args.matcher, PREPARED, groups.to_table(prepared["example_id"], pools))
         stats = group_stats(select_groups(table, k, selection), prepared)
         out["options"][option] = {key: v for key, v in stats.items() if key.startswith("negative")}
