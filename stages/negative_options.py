@@ -9,8 +9,9 @@ groups exactly as the ``groups`` -> ``score_groups`` -> ``select_groups`` stages
 reports the negatives' statistics (``stages.select_groups.group_stats``): distinct
 responses and contexts, the share of the most frequent ones (a fixed handful of greetings
 shows there), and the s distribution (s > 0: a "negative" the matcher calls a match).
-Not a DVC stage (like stages.gcl_ablations): an analysis over data/prepared and checkpoints/matcher (run `dvc repro
-matcher` first); the option it argues for is params.yaml's default.
+Not a DVC stage (like stages.gcl_ablations): an analysis over data/prepared and
+checkpoints/matcher (run `dvc repro matcher` first); the option it argues for is
+params.yaml's default.
 """
 
 from __future__ import annotations
