@@ -163,6 +163,14 @@ def native_cpu_bf16() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+def resolve_precision(precision: str, device_type: str = "cpu") -> str:
+    """``auto`` -> ``bf16`` on CUDA and on CPUs with bf16 units (AVX-512-bf16 / AMX), else
+    ``fp32`` (emulated bf16 is several times slower than fp32); any other value as given."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device_type == "cuda" or native_cpu_bf16() else "fp32"
+
+
 def warn_if_emulated_bf16() -> None:
     """Call before bf16 work on the CPU: one warning per process where the CPU has no bf16 units."""
     if not native_cpu_bf16():
@@ -201,10 +209,17 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def run_stage(main: Callable[[], Any]) -> None:
-    """Entry point wrapper: logging on, InputError -> one clear line and exit code 2."""
+    """Entry point wrapper: logging on, InputError -> one clear line and exit code 2; a
+    finished stage records its wall time (pipeline.stage_times)."""
+    import time
+
+    from pipeline import stage_times
+
     setup_logging()
+    started, wall = time.perf_counter(), time.time()
     try:
         main()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    stage_times.record(time.perf_counter() - started, wall)

@@ -225,7 +225,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     },
     "persona_labels": {
         "encoder": Encoder(), "layer": Int(), "none_threshold": Float(min=-1, max=1), "batch_size": Int(min=1),
-        "max_length": Int(min=2, max=512), "precision": Choice("float32", "bfloat16"),
+        "max_length": Int(min=2, max=512), "precision": Choice("auto", "float32", "bfloat16"),
     },
     "congeneric": {"k_max": Int(min=1)},
     "groups": {
@@ -239,7 +239,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "lr_floor": Float(min=0), "validate_every": Int(min=0), "early_stopping": Int(min=0),
         "min_lr_decays": Int(min=0), "criterion": Choice("nll", "persona_nll", "cl_nll"),
         "checkpoint_every": Int(min=1), "max_steps": Int(min=0), "log_every": Int(min=1), "bucket": Bool(),
-        "device": Choice(*DEVICES), "precision": Choice("bf16", "fp32"),
+        "device": Choice(*DEVICES), "precision": Choice("auto", "bf16", "fp32"),
     },
     "model": {
         "emb_dim": Nullable(Int(min=1)), "hidden": Int(min=2, even=True), "layers": Int(min=1),
@@ -259,7 +259,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "encoder": Encoder(), "context_tokens": Int(min=0), "max_context_length": Int(min=8, max=512),
         "max_response_length": Int(min=8, max=512), "epochs": Int(min=1), "max_steps": Int(min=0),
         "batch_size": Int(min=2), "lr": Float(gt=0), "weight_decay": Float(min=0), "scale": Float(gt=0),
-        "symmetric": Bool(), "clip": Float(min=0), "precision": Choice("float32", "bfloat16"),
+        "symmetric": Bool(), "clip": Float(min=0), "precision": Choice("auto", "float32", "bfloat16"),
         "device": Choice(*DEVICES), "seed": Int(), "encode_batch_size": Int(min=1), "bm25_k1": Float(min=0),
         "bm25_b": Float(min=0, max=1),
     },
@@ -272,11 +272,12 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "init": Choice("reference", "scratch"), "mle_warmup_steps": Int(min=0), "group_wise": Bool(),
         "positive_groups": Bool(), "negative_groups": Bool(), "context_side": Bool(), "response_side": Bool(),
         "matching_scores": Bool(), "score_dropout": Bool(), "seed": Int(min=0),
+        "valid_examples": Int(min=0),
     },
     "generate": {
         "method": Choice("greedy", "beam"), "beam_size": Int(min=1), "length_penalty": Float(min=0),
         "max_len": Int(min=1), "batch_size": Int(min=1), "device": Choice(*DEVICES),
-        "precision": Choice("bf16", "fp32"), "query_shuffle_seed": Int(min=0),
+        "precision": Choice("auto", "bf16", "fp32"), "query_shuffle_seed": Int(min=0),
     },
     # GCL Table 3's other learners (pipeline/learners/mmi.py, pipeline/learners/rl.py, pipeline/learners/adversarial.py)
     "mmi": {"mode": Choice("bidi", "antilm"), "lam": Float(min=0), "length_weight": Float(), "threshold": Int(min=0),

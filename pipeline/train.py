@@ -50,7 +50,16 @@ from pipeline.dataset import (
     load_split,
     shard,
 )
-from pipeline.io import InputError, atomic_path, progress, save_torch, warn_if_emulated_bf16, write_json
+from pipeline import stage_times
+from pipeline.io import (
+    InputError,
+    atomic_path,
+    progress,
+    resolve_precision,
+    save_torch,
+    warn_if_emulated_bf16,
+    write_json,
+)
 from pipeline.models import (
     Generator,
     ModelContext,
@@ -65,7 +74,7 @@ from pipeline.params_schema import validate as validate_params
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
 # Validation criteria: what LR decay, early stopping and best.pt follow, as weights of
 # validation metrics. "persona_nll" is the PEDNet authors' 0.7 persona CE + 0.3 NLL (models
 # without a persona CE cannot use it); "cl_nll" the GCL authors' contrastive loss + 0.5 NLL
@@ -105,7 +114,8 @@ class TrainConfig:
     log_every: int = 20  # steps between train-loss points on the curves
     bucket: bool = True  # batch similar lengths together (less padding)
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "bf16"  # bf16 (autocast: matmuls and GRUs in bf16, states/losses fp32) | fp32
+    precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 (autocast: matmuls and GRUs in bf16,
+    # states/losses fp32) | fp32
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
@@ -194,10 +204,13 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def autocast(device: torch.device, precision: str = "bf16"):
+def autocast(device: torch.device, precision: str = "auto"):
     """bf16 autocast on CPU and CUDA (CPU: AVX-512-bf16/AMX matmuls; 2.2x fp32's GEMM peak
-    on the project's EPYC machines, more with AMX; a warning where the CPU has neither);
-    ``fp32``: none."""
+    on the project's Xeon machines, more with AMX; a warning where the CPU has neither);
+    ``fp32``: none; ``auto``: bf16 where the hardware has it (``resolve_precision``).
+    The precision used goes into the stage's time record."""
+    precision = resolve_precision(precision, device.type)
+    stage_times.note(precision=precision)
     if precision == "bf16" and device.type in ("cpu", "cuda"):
         if device.type == "cpu":
             warn_if_emulated_bf16()
@@ -275,7 +288,7 @@ def _restore_rng(rng: dict, d: Dist, device: torch.device) -> None:
 # -- evaluation --------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: Generator, dataset: DialogueDataset, batch_size: int, device: torch.device,
-             precision: str = "bf16", d: Dist | None = None) -> dict[str, float]:
+             precision: str = "auto", d: Dist | None = None) -> dict[str, float]:
     """Token-level NLL/perplexity (and persona-selection accuracy and cross-entropy) on a
     split; sharded over ranks and summed."""
     d = d or Dist()
@@ -374,6 +387,7 @@ def train(
     mparams = run_model_params(all_params, run, model_name)
     cls = get_model_class(model_name)
     d, device = setup_distributed(cfg.device)
+    cfg.precision = resolve_precision(cfg.precision, device.type)  # recorded as run, and in the fingerprint
 
     files = input_files(data_dir, cls.inputs) + ([Path(init_from)] if init_from is not None else [])
     fp = fingerprint({"train": asdict(cfg), "model": mparams, "run": run, "world": d.world,

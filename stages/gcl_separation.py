@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     s = setup(args)
     ck_dir = run_dirs(s.run, args.seed)[0]
     vocab = Vocab.load(f"{args.data}/prepared/vocab.parquet")
-    precision = train_params(s.all_params, s.run).get("precision", "bf16")  # as validation ran in training
+    precision = train_params(s.all_params, s.run).get("precision", "auto")  # as validation ran in training
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = {"run": s.run, "seed": args.seed, "precision": precision}
     for name in ("best", "last"):

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> Path:
     vocab = Vocab.load(data_dir / "prepared" / "vocab.parquet")
     model = load_trained(best, vocab, device)
     dataset = load_split(args.split, vocab, type(model).data_config(model.params), data_dir)
-    if p.get("precision", "bf16") not in PRECISIONS:
+    if p.get("precision", "auto") not in PRECISIONS:
         raise InputError("params.yaml", f"generate.precision: expected one of {', '.join(PRECISIONS)}, got {p['precision']!r}")
     shuffle_seed = p.get("query_shuffle_seed", QUERY_SHUFFLE_SEED)
     if not isinstance(shuffle_seed, int) or isinstance(shuffle_seed, bool) or shuffle_seed < 0:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> Path:
     if len(dataset) < 2:
         raise InputError(data_dir / "prepared" / f"{args.split}.parquet",
                          f"{len(dataset)} example(s): the shuffled-context diagnostic needs two")
-    with autocast(device, p.get("precision", "bf16")):
+    with autocast(device, p.get("precision", "auto")):
         rows = generate_rows(model, dataset, method=p["method"], beam_size=p["beam_size"], max_len=p["max_len"],
                              length_penalty=p.get("length_penalty", 0.0), batch_size=p["batch_size"],
                              device=device)

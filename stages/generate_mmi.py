@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> Path:
     model = (Bidi(forward, other, cfg, max_len=p["max_len"]) if cfg.mode == "bidi"
              else AntiLM(forward, other, cfg.lam, cfg.threshold, cfg.length_weight))
     method = "greedy" if cfg.mode == "bidi" else p["method"]  # bidi: greedy replays the reranked choice
-    with autocast(device, p.get("precision", "bf16")):
+    with autocast(device, p.get("precision", "auto")):
         rows = generate_rows(model, dataset, method=method, beam_size=p["beam_size"], max_len=p["max_len"],
                              length_penalty=p.get("length_penalty", 0.0), batch_size=p["batch_size"], device=device)
         partner = derangement(len(dataset), p.get("query_shuffle_seed", QUERY_SHUFFLE_SEED))

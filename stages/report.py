@@ -122,6 +122,21 @@ def portable(obj):
     return obj
 
 
+def provenance() -> str:
+    """The commit the numbers come from and how many stages were stale when they were
+    reported (pipeline.staleness; this stage itself, running, is not counted)."""
+    from pipeline.staleness import head_commit, stale_stages
+
+    try:
+        stale = stale_stages(exclude=("report",))
+    except Exception as e:  # not a DVC repository (a hand run elsewhere): say so, do not fail
+        log.warning("cannot list stale stages (%s)", e)
+        return f"Produced at commit `{head_commit()}`; stale stages unknown (not run inside a DVC repository)."
+    where = "" if not stale else f" ({', '.join(list(stale)[:5])}{', ...' if len(stale) > 5 else ''})"
+    return (f"Produced at commit `{head_commit()}` with the `dvc.lock` of that run; {len(stale)} stage(s) were "
+            f"stale against the working tree when it ran{where}: `python -m pipeline.staleness` lists them now.")
+
+
 def main() -> None:
     params = load_params()
     if "report" not in params:
@@ -186,6 +201,7 @@ def main() -> None:
     records = training_records(models, seeds)
     if records:
         text = text.rstrip("\n") + "\n\n" + training_table(records)
+    text = text.replace("\n", "\n\n" + provenance() + "\n", 1)  # under the title
     write_json(portable(summary), SUMMARY)
     write_json(portable(claims), CLAIMS)
     write_json(records, TRAINING)

@@ -227,6 +227,9 @@ class GCLConfig:
     # cached reference was: without dropout (True: the old biased D, about −0.5 nats at step 0)
     score_dropout: bool = False
     seed: int = 1
+    # Validation CL on a fixed, seeded subset of the valid examples' groups (0 = all): the
+    # same examples at every validation, so checkpoints are compared pair by pair.
+    valid_examples: int = 0
 
     def __post_init__(self):
         if self.loss not in ("paper", "code"):
@@ -351,6 +354,14 @@ def pair_batch(dataset: DialogueDataset, context_rows: list[int], response_rows:
     return ctx
 
 
+def valid_subset(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted rows of a seeded subset of ``size`` of ``n`` valid examples (all when ``size``
+    is 0 or >= n): the same rows at every validation of a run and in every run of a seed."""
+    if size <= 0 or size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, n]).choice(n, size=size, replace=False))
+
+
 class GroupContrastive:
     """``objective(model, batch, epoch=, step=) -> dict`` for ``pipeline.train.train``."""
 
@@ -368,7 +379,8 @@ class GroupContrastive:
         self.valid_batch = valid_batch
         if valid is not None:
             check_aligned(valid[0], valid[1], len(valid[2]), where.replace("train", "valid"))
-            self.valid = (self._pairs(valid[0], valid[1]), valid[2])
+            rows = valid_subset(valid[0].num_rows, cfg.valid_examples, cfg.seed)
+            self.valid = (self._pairs(valid[0].take(rows), valid[1].take(rows)), valid[2])
         n_pos = sum(len(p) for p, _ in self.groups)
         n_neg = sum(len(n) for _, n in self.groups)
         dropped = (sum(1 for p, _ in self.groups for x in p if x.s <= 0),
@@ -505,7 +517,7 @@ class GroupContrastive:
         return out
 
     @torch.no_grad()
-    def valid_pairs(self, model, device, precision: str = "bf16"):
+    def valid_pairs(self, model, device, precision: str = "auto"):
         """Every valid group pair, scored in eval mode, batch by batch: yields (rows in the
         batch, Eq. 4 averaged over them, the pairs, their D as a numpy array)."""
         from pipeline.train import autocast  # the loop's module imports this one
@@ -525,7 +537,7 @@ class GroupContrastive:
         finally:
             model.train(was)
 
-    def validate(self, model, device, precision: str = "bf16") -> dict[str, float]:
+    def validate(self, model, device, precision: str = "auto") -> dict[str, float]:
         """The contrastive loss on the valid groups (every group pair, eval mode), averaged
         over valid examples as Eq. 4 averages over a batch: {"cl": ..., "d_positive": ...}."""
         if self.valid is None:
@@ -538,7 +550,7 @@ class GroupContrastive:
             n_pos += int(positive.sum())
         return {"cl": total / max(len(self.valid[0]), 1), "d_positive": d_pos / max(n_pos, 1)}
 
-    def separation(self, model, device, precision: str = "bf16") -> dict:
+    def separation(self, model, device, precision: str = "auto") -> dict:
         """How far the target's D = log p_m(r | c) − log p_n(r | c) tells the valid positives
         from the negatives. Eq. 4 is convex in D, so a fine-tune whose D spreads more than
         it separates raises the valid CL even when D moves the right way on average.

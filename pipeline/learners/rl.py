@@ -222,7 +222,7 @@ class DeepRL:
         return {**out, "loss": loss}
 
     @torch.no_grad()
-    def validate(self, model, device, precision: str = "bf16") -> dict[str, float]:
+    def validate(self, model, device, precision: str = "auto") -> dict[str, float]:
         """{"cl": −mean reward of greedy replies on the first ``valid_examples`` valid rows}."""
         if self.valid is None:
             return {}

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipeline.io import InputError, progress, warn_if_emulated_bf16
+from pipeline import stage_times
+from pipeline.io import InputError, progress, resolve_precision, warn_if_emulated_bf16
 from pipeline.params_schema import BUNDLED_ENCODER, encoder_problem
 from pipeline.schema import PERSONA_LABELS
 
@@ -61,7 +62,7 @@ def resolve_encoder(name: str, section: str = "persona_labels") -> tuple[str, bo
     return name, True
 
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def load_encoder(
@@ -103,6 +104,9 @@ def load_encoder(
     else:  # other architectures (e.g. a final norm after the layers): ask for all hidden states
         hidden_index = keep
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if precision == "auto":  # bfloat16 where the hardware multiplies it (pipeline.io.resolve_precision)
+        precision = {"bf16": "bfloat16", "fp32": "float32"}[resolve_precision("auto", torch.device(device).type)]
+    stage_times.note(precision=precision)
     if precision == "bfloat16" and device == "cpu":
         warn_if_emulated_bf16()
     model.to(device).eval()
