@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline import stage_times
 from pipeline.dataset import (
     CONGENERIC,
     PERSONA_LABEL,
@@ -50,7 +51,6 @@ from pipeline.dataset import (
     load_split,
     shard,
 )
-from pipeline import stage_times
 from pipeline.io import (
     InputError,
     atomic_path,
@@ -351,6 +351,181 @@ def load_vocab_and_embeddings(data_dir: Path) -> tuple[Vocab, torch.Tensor]:
     return vocab, load_embedding_matrix(data_dir / "embeddings" / "vectors.parquet", vocab.itos)
 
 
+def _load_resume(last_path: Path, fp: str) -> dict | None:
+    """last.pt if it exists, is readable and was made with these params and data."""
+    if not last_path.exists():
+        return None
+    try:
+        resume = load_checkpoint(last_path)
+    except Exception as e:  # a truncated file from a killed save cannot happen (atomic), but be safe
+        log.warning("cannot read %s (%s): starting fresh", last_path, e)
+        return None
+    if resume.get("fingerprint") != fp:
+        log.warning("%s was made with other params or input data (fingerprint %s != %s): starting fresh",
+                    last_path, str(resume.get("fingerprint"))[:12], fp[:12])
+        return None
+    return resume
+
+
+@dataclass
+class _Session:
+    """One run's state and its bookkeeping (validation, checkpoints, curves), so that
+    :func:`train`'s loop reads as a loop."""
+
+    run: str
+    model_name: str
+    cfg: TrainConfig
+    d: Dist
+    device: torch.device
+    model: Generator
+    net: nn.Module  # the model, DDP-wrapped under torchrun
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    train_ds: DialogueDataset
+    valid_ds: DialogueDataset
+    fp: str
+    ckpt_dir: Path
+    live: object | None
+    prog: Progress
+    resumed: bool
+    eval_seconds: float = 0.0  # validation time since the last throughput point
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def summary(self) -> dict:
+        p = self.prog
+        return {"best_val_nll": p.best_nll, "best_val_ppl": perplexity(p.best_nll, 1.0),
+                "best_val_criterion": p.best_val, "criterion": self.cfg.criterion, "best_step": p.best_step,
+                "best_epoch": p.best_epoch, "steps": p.step, "epochs": p.epoch, "lr_decays": p.lr_decays,
+                "final_lr": self.lr, "stopped": p.stopped, "precision": self.cfg.precision, "seed": self.cfg.seed}
+
+    def _header(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "fingerprint": self.fp, "model_name": self.model_name, "run": self.run,
+                "model_params": self.model.params, "model": self.model.state_dict()}
+
+    def save_last(self) -> None:
+        rng = _gather_rng(self.d, self.device)
+        if self.d.main:
+            save_checkpoint({**self._header(), "optimizer": self.optimizer.state_dict(),
+                             "scheduler": self.scheduler.state_dict(), "rng": rng, "progress": asdict(self.prog),
+                             "summary": self.summary()}, self.ckpt_dir / "last.pt")
+        barrier(self.d)
+
+    def validate(self) -> bool:
+        """Validate, step the LR schedule, keep the best; True = converged (stop early)."""
+        started = time.perf_counter()
+        cfg, prog = self.cfg, self.prog
+        metrics = evaluate(self.model, self.valid_ds, cfg.eval_batch_size, self.device, cfg.precision, self.d)
+        if hasattr(self.objective, "validate"):  # e.g. GCL's contrastive loss on the valid groups
+            metrics.update(self.objective.validate(self.model, self.device, cfg.precision))
+        self.eval_seconds += time.perf_counter() - started  # kept out of the training throughput
+        value = criterion_value(metrics, cfg.criterion, self.model_name)
+        prog.validated_at = prog.step
+        # The epoch of the last step; during a model's warm-up (PostKS: BOW only, the decoder
+        # untrained) validation neither drives the LR schedule nor counts toward stopping.
+        epoch = prog.epoch if prog.batch_in_epoch else prog.epoch - 1
+        warm = epoch < self.model.warmup_epochs
+        lr_before = self.lr
+        if not warm:
+            self.scheduler.step(value)
+        prog.lr_decays += self.lr < lr_before
+        improved = value < prog.best_val
+        if improved:
+            prog.best_val, prog.best_nll, prog.best_step, prog.best_epoch = value, metrics["nll"], prog.step, epoch
+            prog.bad_validations = 0
+            if self.d.main:
+                save_checkpoint({**self._header(), "step": prog.step, "epoch": epoch, "val_nll": metrics["nll"],
+                                 "val_criterion": value}, self.ckpt_dir / "best.pt")
+        elif not warm:
+            prog.bad_validations += 1
+        log.info("step %d epoch %d: val NLL %.4f ppl %.2f%s%s lr %.2g%s", prog.step, epoch, metrics["nll"],
+                 metrics["ppl"], f" persona acc {metrics['persona_acc']:.3f}" if "persona_acc" in metrics else "",
+                 f" {cfg.criterion} {value:.4f}" if cfg.criterion != "nll" else "",
+                 self.lr, " (best)" if improved else "")
+        if self.live is not None:
+            self.live.step = prog.step
+            for k, v in {**{f"val/{k}": v for k, v in metrics.items()}, "val/criterion": value, "lr": self.lr}.items():
+                self.live.log_metric(k, v)
+            for k, v in {"val_nll": prog.best_nll, "val_ppl": perplexity(prog.best_nll, 1.0),
+                         "val_criterion": prog.best_val}.items():
+                self.live.log_metric(f"best/{k}", v, plot=False)
+            self.live.make_summary()
+        # Converged: no improvement for `early_stopping` validations, at least `min_lr_decays`
+        # LR decays behind us (a plateau at the first LR is not convergence).
+        return (bool(cfg.early_stopping) and prog.bad_validations >= cfg.early_stopping
+                and prog.lr_decays >= cfg.min_lr_decays)
+
+
+def _open_session(model_name: str, all_params: dict, run: str, data_dir: Path, ckpt_dir: Path | None,
+                  live_dir: Path | None, objective: Objective, fingerprint_extra: dict | None,
+                  init_from: str | Path | None, seed: int | None) -> tuple[_Session | None, dict | None, Dist]:
+    """Everything before the first step: config, device, fingerprint, resume or fresh start,
+    data, model, optimizer, curves. Returns (session, None, dist), or (None, its summary,
+    dist) when the run already finished with these params and data."""
+    tp = train_params(all_params, run)
+    if seed is not None:
+        tp = {**tp, "seed": seed}
+    cfg = TrainConfig.from_params(tp)
+    default_ckpt, default_live = run_dirs(run, cfg.seed)
+    ckpt_dir, live_dir = Path(ckpt_dir or default_ckpt), Path(live_dir or default_live)
+    mparams = run_model_params(all_params, run, model_name)
+    cls = get_model_class(model_name)
+    d, device = setup_distributed(cfg.device)
+    cfg.precision = resolve_precision(cfg.precision, device.type)  # recorded as run, and in the fingerprint
+
+    files = input_files(data_dir, cls.inputs) + ([Path(init_from)] if init_from is not None else [])
+    fp = fingerprint({"train": asdict(cfg), "model": mparams, "run": run, "world": d.world,
+                      "extra": fingerprint_extra or {}}, files)
+    resume = _load_resume(ckpt_dir / "last.pt", fp)
+    if resume is not None and resume["progress"]["finished"] and (ckpt_dir / "best.pt").exists():
+        log.info("%s: training already finished with these params and data; nothing to do", ckpt_dir / "last.pt")
+        return None, resume["summary"], d
+
+    vocab, emb = load_vocab_and_embeddings(data_dir)
+    data_cfg = cls.data_config(mparams)
+    train_ds, valid_ds = (load_split(s, vocab, data_cfg, data_dir) for s in ("train", "valid"))
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    idf_path = data_dir / "persona_idf" / "idf.tsv"  # the fetch stage's copy (GPMN's idf: table)
+    model = build_model(model_name, mparams, ModelContext.from_vocab(vocab, emb, train_ds, idf_path)).to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
+                                                           patience=cfg.lr_patience, min_lr=cfg.lr_floor)
+    prog = Progress()
+    torch.manual_seed(cfg.seed * 1000 + d.rank)  # dropout streams differ per rank
+    if init_from is not None and resume is None:
+        model.load_state_dict(load_checkpoint(init_from)["model"])
+        log.info("%s: initialised from %s", run, init_from)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        _restore_rng(resume["rng"], d, device)
+        prog = Progress(**resume["progress"])
+        log.info("resuming %s from %s: epoch %d, batch %d, step %d, best val criterion %.4f",
+                 run, ckpt_dir / "last.pt", prog.epoch, prog.batch_in_epoch, prog.step, prog.best_val)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("%s: %d trainable parameters on %s (world %d), %s", run, n_params, device, d.world, cfg.precision)
+    net: nn.Module = model
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # PEDNet/PostKS batches leave some parameters unused
+    live = None
+    if d.main:
+        from dvclive import Live
+
+        if resume is not None:
+            truncate_curves(live_dir, prog.step)
+        else:
+            (ckpt_dir / "best.pt").unlink(missing_ok=True)  # a stale best model from other params/data
+        live = Live(dir=str(live_dir), resume=resume is not None, dvcyaml=None, save_dvc_exp=False)
+    return (_Session(run, model_name, cfg, d, device, model, net, objective, optimizer, scheduler, train_ds, valid_ds,
+                     fp, ckpt_dir, live, prog, resume is not None), None, d)
+
+
 def train(
     model_name: str,
     all_params: dict,
@@ -373,222 +548,84 @@ def train(
     a ``checkpoint_dir`` given): epochs, steps, best validation
     PPL, LR decays and why training stopped. Returns a summary dict (rank 0's view)."""
     run = run_name or model_name
-    data_dir = Path(data_dir)
-    tp = train_params(all_params, run)
-    if seed is not None:
-        tp = {**tp, "seed": seed}
-    cfg = TrainConfig.from_params(tp)
-    default_ckpt, default_live = run_dirs(run, cfg.seed)
-    ckpt_dir = Path(checkpoint_dir or default_ckpt)
-    live_dir = Path(live_dir or default_live)
+    seed_of = seed if seed is not None else train_params(all_params, run).get("seed", TrainConfig.seed)
     # Outside the default layout (tests, notebooks) the record goes beside the checkpoints.
-    record_path = Path(record_path or (training_record_path(run, cfg.seed) if checkpoint_dir is None
-                                       else ckpt_dir / "training.json"))
-    mparams = run_model_params(all_params, run, model_name)
-    cls = get_model_class(model_name)
-    d, device = setup_distributed(cfg.device)
-    cfg.precision = resolve_precision(cfg.precision, device.type)  # recorded as run, and in the fingerprint
-
-    files = input_files(data_dir, cls.inputs) + ([Path(init_from)] if init_from is not None else [])
-    fp = fingerprint({"train": asdict(cfg), "model": mparams, "run": run, "world": d.world,
-                      "extra": fingerprint_extra or {}}, files)
-
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    resume = None
-    if last_path.exists():
-        try:
-            resume = load_checkpoint(last_path)
-        except Exception as e:  # a truncated file from a killed save cannot happen (atomic), but be safe
-            log.warning("cannot read %s (%s): starting fresh", last_path, e)
-        if resume is not None and resume.get("fingerprint") != fp:
-            log.warning("%s was made with other params or input data (fingerprint %s != %s): starting fresh",
-                        last_path, str(resume.get("fingerprint"))[:12], fp[:12])
-            resume = None
-    if resume is not None and resume["progress"]["finished"] and best_path.exists():
-        log.info("%s: training already finished with these params and data; nothing to do", last_path)
+    record_path = Path(record_path or (training_record_path(run, seed_of) if checkpoint_dir is None
+                                       else Path(checkpoint_dir) / "training.json"))
+    s, finished, d = _open_session(model_name, all_params, run, Path(data_dir), checkpoint_dir, live_dir, objective,
+                                   fingerprint_extra, init_from, seed)
+    if s is None:  # finished before with these params and data
         if d.main:
-            write_json(resume["summary"], record_path)
+            write_json(finished, record_path)
         if d.world > 1:
             dist.destroy_process_group()
-        return {"resumed": True, "skipped": True, **resume["summary"]}
-
-    vocab, emb = load_vocab_and_embeddings(data_dir)
-    data_cfg = cls.data_config(mparams)
-    train_ds = load_split("train", vocab, data_cfg, data_dir)
-    valid_ds = load_split("valid", vocab, data_cfg, data_dir)
-
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    idf_path = data_dir / "persona_idf" / "idf.tsv"  # the fetch stage's copy (GPMN's idf: table)
-    model: Generator = build_model(model_name, mparams, ModelContext.from_vocab(vocab, emb, train_ds, idf_path)).to(device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
-                                                           patience=cfg.lr_patience, min_lr=cfg.lr_floor)
-    prog = Progress()
-    torch.manual_seed(cfg.seed * 1000 + d.rank)  # dropout streams differ per rank
-    if init_from is not None and resume is None:
-        model.load_state_dict(load_checkpoint(init_from)["model"])
-        log.info("%s: initialised from %s", run, init_from)
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        _restore_rng(resume["rng"], d, device)
-        prog = Progress(**resume["progress"])
-        log.info("resuming %s from %s: epoch %d, batch %d, step %d, best val criterion %.4f",
-                 run, last_path, prog.epoch, prog.batch_in_epoch, prog.step, prog.best_val)
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("%s: %d trainable parameters on %s (world %d)%s", run, n_params, device, d.world,
-             f", {cfg.precision}")
-
-    net: nn.Module = model
-    if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)  # PEDNet/PostKS batches leave some parameters unused
-
-    live = None
-    if d.main:
-        from dvclive import Live
-
-        if resume is not None:
-            truncate_curves(live_dir, prog.step)
-        else:
-            best_path.unlink(missing_ok=True)  # a stale best model from other params/data
-        live = Live(dir=str(live_dir), resume=resume is not None, dvcyaml=None, save_dvc_exp=False)
-
-    def summary() -> dict:
-        return {"best_val_nll": prog.best_nll, "best_val_ppl": perplexity(prog.best_nll, 1.0),
-                "best_val_criterion": prog.best_val, "criterion": cfg.criterion, "best_step": prog.best_step,
-                "best_epoch": prog.best_epoch, "steps": prog.step, "epochs": prog.epoch,
-                "lr_decays": prog.lr_decays, "final_lr": optimizer.param_groups[0]["lr"],
-                "stopped": prog.stopped, "precision": cfg.precision, "seed": cfg.seed}
-
-    def save_last() -> None:
-        rng = _gather_rng(d, device)
-        if d.main:
-            save_checkpoint({"format": CHECKPOINT_FORMAT, "fingerprint": fp, "model_name": model_name,
-                             "run": run, "model_params": model.params, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "rng": rng, "progress": asdict(prog), "summary": summary()}, last_path)
-        barrier(d)
-
-    def validate() -> bool:
-        """Validate, step the LR schedule, keep the best; True = stop early."""
-        started = time.perf_counter()
-        metrics = evaluate(model, valid_ds, cfg.eval_batch_size, device, cfg.precision, d)
-        if hasattr(objective, "validate"):  # e.g. GCL's contrastive loss on the valid groups
-            metrics.update(objective.validate(model, device, cfg.precision))
-        eval_seconds[0] += time.perf_counter() - started  # kept out of the training throughput
-        value = criterion_value(metrics, cfg.criterion, model_name)
-        prog.validated_at = prog.step
-        # The epoch of the last step; during a model's warm-up (PostKS: BOW only, the decoder
-        # untrained) validation neither drives the LR schedule nor counts toward stopping.
-        epoch = prog.epoch if prog.batch_in_epoch else prog.epoch - 1
-        warm = epoch < model.warmup_epochs
-        lr_before = optimizer.param_groups[0]["lr"]
-        if not warm:
-            scheduler.step(value)
-        lr = optimizer.param_groups[0]["lr"]
-        prog.lr_decays += lr < lr_before
-        improved = value < prog.best_val
-        if improved:
-            prog.best_val, prog.best_nll, prog.best_step, prog.best_epoch = value, metrics["nll"], prog.step, epoch
-            prog.bad_validations = 0
-            if d.main:
-                save_checkpoint({"format": CHECKPOINT_FORMAT, "fingerprint": fp, "model_name": model_name,
-                                 "run": run, "model_params": model.params, "model": model.state_dict(),
-                                 "step": prog.step, "epoch": epoch, "val_nll": metrics["nll"],
-                                 "val_criterion": value}, best_path)
-        elif not warm:
-            prog.bad_validations += 1
-        log.info("step %d epoch %d: val NLL %.4f ppl %.2f%s%s lr %.2g%s", prog.step, epoch, metrics["nll"],
-                 metrics["ppl"], f" persona acc {metrics['persona_acc']:.3f}" if "persona_acc" in metrics else "",
-                 f" {cfg.criterion} {value:.4f}" if cfg.criterion != "nll" else "",
-                 lr, " (best)" if improved else "")
-        if live is not None:
-            live.step = prog.step
-            for k, v in metrics.items():
-                live.log_metric(f"val/{k}", v)
-            live.log_metric("val/criterion", value)
-            live.log_metric("lr", lr)
-            live.log_metric("best/val_nll", prog.best_nll, plot=False)
-            live.log_metric("best/val_ppl", perplexity(prog.best_nll, 1.0), plot=False)
-            live.log_metric("best/val_criterion", prog.best_val, plot=False)
-            live.make_summary()
-        # Converged: no improvement for `early_stopping` validations, at least `min_lr_decays`
-        # LR decays behind us (a plateau at the first LR is not convergence).
-        return (bool(cfg.early_stopping) and prog.bad_validations >= cfg.early_stopping
-                and prog.lr_decays >= cfg.min_lr_decays)
+        return {"resumed": True, "skipped": True, **finished}
+    cfg, prog, model, live = s.cfg, s.prog, s.model, s.live
 
     stop = False
     running, running_n, tokens, t0 = 0.0, 0, 0, time.perf_counter()
-    eval_seconds = [0.0]
-    if init_from is not None and resume is None:
+    if init_from is not None and not s.resumed:
         # A fine-tune (GCL) must earn its best.pt: its starting point is the first candidate,
         # so a run that never beats the model it started from keeps that model.
-        validate()
+        s.validate()
     model.train()
     while prog.epoch < cfg.epochs and not stop:
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + prog.epoch)  # same order on every rank
-        batches = shard(batch_indices(train_ds.lengths(), cfg.batch_size, g, cfg.bucket), d.rank, d.world)
+        batches = shard(batch_indices(s.train_ds.lengths(), cfg.batch_size, g, cfg.bucket), d.rank, d.world)
         bar = progress(total=len(batches), initial=prog.batch_in_epoch, desc=f"{run} epoch {prog.epoch}",
                        disable=not d.main or bool(os.environ.get("PIPELINE_NO_PROGRESS")))
         for i in range(prog.batch_in_epoch, len(batches)):
-            batch = train_ds.collate(batches[i]).to(device)
-            with autocast(device, cfg.precision):
-                out = objective(net, batch, epoch=prog.epoch, step=prog.step)
-            optimizer.zero_grad(set_to_none=True)
+            batch = s.train_ds.collate(batches[i]).to(s.device)
+            with autocast(s.device, cfg.precision):
+                out = s.objective(s.net, batch, epoch=prog.epoch, step=prog.step)
+            s.optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             if cfg.clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
-            prog.step += 1
-            prog.batch_in_epoch = i + 1
-            running += float(out["loss"].detach())
-            running_n += 1
+            s.optimizer.step()
+            prog.step, prog.batch_in_epoch = prog.step + 1, i + 1
+            running, running_n = running + float(out["loss"].detach()), running_n + 1
             tokens += int(out.get("target_tokens", batch.response_mask.sum()))  # GCL: every group pair
             bar.update(1)
             if prog.step % cfg.log_every == 0 and live is not None:
                 live.step = prog.step
                 live.log_metric("train/loss", running / running_n)
-                seconds = time.perf_counter() - t0 - eval_seconds[0]
+                seconds = time.perf_counter() - t0 - s.eval_seconds
                 live.log_metric("train/tokens_per_s", tokens * d.world / max(seconds, 1e-9))
                 bar.set_postfix(loss=f"{running / running_n:.3f}")
-                running, running_n, tokens, t0 = 0.0, 0, 0, time.perf_counter()
-                eval_seconds[0] = 0.0
-            at_end = cfg.max_steps and prog.step >= cfg.max_steps
-            if cfg.validate_every and prog.step % cfg.validate_every == 0 and validate():
+                running, running_n, tokens, t0, s.eval_seconds = 0.0, 0, 0, time.perf_counter(), 0.0
+            validating = bool(cfg.validate_every) and prog.step % cfg.validate_every == 0
+            if validating and s.validate():
                 stop, prog.stopped = True, "early_stopping"
-            if at_end and not stop:
+            if cfg.max_steps and prog.step >= cfg.max_steps and not stop:
                 stop, prog.stopped = True, "max_steps"
-            if stop or prog.step % cfg.checkpoint_every == 0 or (cfg.validate_every and
-                                                                 prog.step % cfg.validate_every == 0):
-                save_last()
+            if stop or validating or prog.step % cfg.checkpoint_every == 0:
+                s.save_last()
             if stop:
                 break
         bar.close()
         if stop:
             break
         prog.epoch, prog.batch_in_epoch = prog.epoch + 1, 0
-        if not cfg.validate_every and validate():
+        if not cfg.validate_every and s.validate():
             stop, prog.stopped = True, "early_stopping"
-        save_last()
+        s.save_last()
 
-    if prog.validated_at != prog.step or not best_path.exists():
-        if validate() and not prog.stopped:
+    if prog.validated_at != prog.step or not (s.ckpt_dir / "best.pt").exists():
+        if s.validate() and not prog.stopped:
             prog.stopped = "early_stopping"
     prog.stopped = prog.stopped or "max_epochs"
     if prog.stopped != "early_stopping":
         log.warning("%s stopped at %s (epoch %d, %d LR decays) before early stopping fired: it may not "
                     "have converged", run, prog.stopped, prog.epoch, prog.lr_decays)
     prog.finished = True
-    save_last()
+    s.save_last()
     if live is not None:
         live.log_metric("best/step", prog.best_step, plot=False)
         live.end()
     if d.main:
-        write_json(summary(), record_path)
-    result = {"resumed": resume is not None, "skipped": False, **summary()}
+        write_json(s.summary(), record_path)
+    result = {"resumed": s.resumed, "skipped": False, **s.summary()}
     log.info("%s finished: %s", run, json.dumps(result))
     if d.world > 1:
         dist.destroy_process_group()

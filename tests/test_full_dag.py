@@ -1,7 +1,7 @@
-"""End to end: the WHOLE DAG (preprocessing, four generators over two training seeds, MSN,
-GCL, controls, evaluation, report) under the real `dvc` CLI on a tiny corpus with tiny
-models; a training stage killed with SIGKILL and resumed by `dvc repro`; a sweep point (all
-of its seeds) run as a real DVC experiment."""
+"""End to end: the WHOLE DAG (preprocessing, every generator and learner for one training
+seed, MSN, GCL, controls, evaluation, report) under the real `dvc` CLI on a tiny corpus with
+tiny models; a training stage killed with SIGKILL and resumed by `dvc repro` (slow); a sweep
+point run as a real DVC experiment."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ OTHER_GENERATORS = tuple(f"{m}_history{g}" for m in ("hred", "hran", "transforme
 LEARNERS = ("seq2seq_history_cvae", "seq2seq_history_dialogwae", "seq2seq_history_deeprl",
             "seq2seq_history_mmi", "seq2seq_history_mmi_antilm", "seq2seq_history_adversarial_last")
 CONTROLS = ("gold", "constant")
-SEEDS = [1, 2]  # two: the report's mean ± sd over seeds has a spread
+# One: the wiring is what is tested here; the spread over seeds (mean ± sd, CIs) is tested on
+# fabricated metrics (test_report, test_sweeps, test_stats). A second seed doubled the test.
+SEEDS = [1]
 
 # Tiny everything: the point is the wiring, not the numbers.
 TINY_DAG = {
@@ -91,7 +93,7 @@ def test_every_model_is_trained_decoded_evaluated_and_reported(full):
             assert (full / "checkpoints" / model / f"seed{seed}" / "best.pt").exists(), where
             record = json.loads((full / "reports" / "training" / model / f"seed{seed}.json").read_text())
             assert record["steps"] > 0, where
-        assert not (full / "checkpoints" / model / "seed3").exists()  # only the seeds of params `seeds`
+        assert not (full / "checkpoints" / model / "seed2").exists()  # only the seeds of params `seeds`
     for run_name in LEARNERS:
         for seed in SEEDS:
             metrics = json.loads((full / "reports" / "metrics" / run_name / f"seed{seed}.json").read_text())
@@ -126,7 +128,7 @@ def test_sweep_point_as_a_dvc_experiment(full):
     run(["git", "add", "-A"], full)
     run(["git", "commit", "-qm", "baseline"], full)
     targets = sweeps.SWEEPS["k"].targets(SEEDS)
-    assert targets == ["evaluate@pednet-1", "evaluate@pednet-2"]
+    assert targets == ["evaluate@pednet-1"]
     run(["dvc", "exp", "run", "--name", "sweep-k-1", "-S", "pednet.k=1", *targets], full)
     code = ("from pipeline.evaluation import sweeps; t = sweeps.collect(['k']);"
             "print({r['value']: (r['source'], r['seeds'], r.get('persona_f1')) for r in t['k']})")
@@ -142,7 +144,6 @@ def test_sweep_point_as_a_dvc_experiment(full):
     for row in rows.values():  # every seed of the point, summarised
         assert row["n_seeds"] == str(len(SEEDS))
         assert float(row["persona_f1_lo"]) <= float(row["persona_f1"]) <= float(row["persona_f1_hi"])
-        assert row["persona_f1_sd"] != ""
 
 
 @pytest.mark.slow

@@ -23,8 +23,10 @@ from pipeline.contrastive.gcl import (
     pair_batch,
     paper_terms,
     reference_log_probs,
+    score_pairs,
     select_group,
     select_groups,
+    valid_subset,
 )
 from pipeline.dataset import DataConfig, Vocab, load_split
 from pipeline.io import InputError
@@ -542,59 +544,59 @@ def test_gcl_stages_end_to_end(tmp_path, data_dir, monkeypatch, caplog):
 
 @pytest.mark.parametrize("name", ["seq2seq", "gpmn", "postks", "pednet", "hred", "hran", "transformer"])
 def test_shared_context_encoding_equals_per_pair_scoring(name, data_dir, train_ds):
-    """The step encodes each distinct context once (an example's response-side pairs share
-    it): log p and its gradients equal scoring every pair from scratch."""
+    """score_pairs encodes each distinct context once (an example's response-side pairs share
+    it), in blocks of contexts, and decodes length-sorted chunks: log p and its gradients
+    equal scoring every pair from scratch in one padded batch, in the pairs' own order."""
     history = {"context": "history", "max_context_tokens": 60} if name in ("hred", "hran", "transformer") else {}
     params = model_params(tiny_params(model=history, pednet={"k": 2}, gpmn={"idf": "persona"},
                                       transformer={"heads": 2, "ff_dim": 32, "layers": 2}), name)
     model, ds = build_tiny(name, params, data_dir, train_ds.vocab)
     groups = select_groups(groups_table(len(ds)), k=2)
     obj = GroupContrastive(GCLConfig(k=2), groups, reference_log_probs(model, ds, groups), ds)
-    pairs, _, _ = obj.step_pairs([0, 2, 3], 0)
-    ctx = [p.context_row for p in pairs]
+    pairs, _, _ = obj.step_pairs([0, 2, 3, 5], 0)
+    ctx, resp = [p.context_row for p in pairs], [p.response_row for p in pairs]
     assert len(set(ctx)) < len(ctx)  # some contexts are shared
-    pb = pair_batch(ds, ctx, [p.response_row for p in pairs])
-    model.train()
-    grads = []
-    for shared in (False, True):
+    model.eval()
+    grads, values = [], []
+    for kwargs in ({"share": False, "chunk": len(pairs)}, {"chunk": 3, "block": 2}):  # one batch | shared, chunked
         model.zero_grad()
-        args = (ds, ctx) if shared else ()
-        lp = obj._log_p(model, pb, *args)
+        lp = score_pairs(model, ds, ctx, resp, "cpu", **kwargs)
         lp.sum().backward()
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
-        if not shared:
-            per_pair = lp.detach()
-    np.testing.assert_allclose(lp.detach().numpy(), per_pair.numpy(), rtol=1e-5, atol=1e-4)
+        values.append(lp.detach())
+    whole = model(pair_batch(ds, ctx, resp), method="sequence_log_prob").detach()
+    torch.testing.assert_close(values[0], whole.float(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(values[1].numpy(), values[0].numpy(), rtol=1e-5, atol=1e-4)
     assert len(grads[0]) == len(grads[1])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_length_sorted_scoring_chunks_change_nothing(data_dir, train_ds, monkeypatch):
-    # the contrastive pass decodes a step's pairs in length-sorted chunks: the same log-probs
-    # and gradients as one padded batch, in the pairs' own order
-    from pipeline.contrastive import gcl as gcl_module
-
+def test_reference_scores_batched_equal_one_by_one(data_dir, train_ds):
+    # the reference stage's batched, shared-context scoring against every pair alone
     vocab = train_ds.vocab
     emb = load_embedding_matrix(data_dir / "embeddings" / "vectors.parquet", vocab.itos)
     torch.manual_seed(0)
     model = build_model("seq2seq", model_params(tiny_params(), "seq2seq"), ModelContext.from_vocab(vocab, emb))
     groups = select_groups(groups_table(len(train_ds)), k=2)
-    obj = GroupContrastive(GCLConfig(k=2), groups, reference_log_probs(model, train_ds, groups), train_ds)
-    pairs, _, _ = obj.step_pairs([0, 2, 3, 5], 0)
-    pb = pair_batch(train_ds, [p.context_row for p in pairs], [p.response_row for p in pairs])
+    table = reference_log_probs(model, train_ds, groups, batch_size=5)
+    row = 3
+    g = groups.slice(row, 1).to_pylist()[0]
     model.eval()
-    whole = model(pb, method="sequence_log_prob")
-    whole.sum().backward()
-    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    model.zero_grad()
-    monkeypatch.setattr(gcl_module, "SCORE_CHUNK", 3)
-    chunked = obj._log_p(model, pb, train_ds, [p.context_row for p in pairs])
-    assert len(pairs) > 3 * 2  # several chunks
-    torch.testing.assert_close(chunked, whole.float(), rtol=1e-5, atol=1e-4)
-    chunked.sum().backward()
-    for g, p in zip(grads, [p for p in model.parameters() if p.grad is not None], strict=True):
-        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+    for kind in ("positive", "negative"):
+        for c, r, got in zip(g[f"{kind}_context_rows"], g[f"{kind}_response_rows"],
+                             table.column(f"{kind}_log_probs")[row].as_py(), strict=True):
+            with torch.no_grad():
+                alone = float(model(pair_batch(train_ds, [c], [r]), method="sequence_log_prob")[0])
+            assert got == pytest.approx(alone, rel=1e-5, abs=1e-4)
+
+
+def test_valid_subset_is_seeded_sorted_and_all_when_unset():
+    a = valid_subset(100, 30, seed=1)
+    assert len(a) == 30 and len(set(a.tolist())) == 30 and (np.diff(a) > 0).all()
+    assert (a == valid_subset(100, 30, seed=1)).all() and not (a == valid_subset(100, 30, seed=2)).all()
+    assert (valid_subset(100, 0, seed=1) == np.arange(100)).all()
+    assert (valid_subset(10, 30, seed=1) == np.arange(10)).all()
 
 
 def test_top_share_counts_the_most_frequent_values():

@@ -265,7 +265,7 @@ def test_persona_criterion(tmp_path, data_dir):
     ("lr", -1, "train.lr: expected a number > 0, got -1"),
     ("lr", "abc", "train.lr: expected a number > 0, got 'abc'"),
     ("lr_factor", 1.5, "train.lr_factor: expected a number in (0, 1), got 1.5"),
-    ("precision", "fp16", "train.precision: expected one of bf16, fp32, got 'fp16'"),
+    ("precision", "fp16", "train.precision: expected one of auto, bf16, fp32, got 'fp16'"),
     ("criterion", "bleu", "train.criterion: expected one of nll, persona_nll, cl_nll, got 'bleu'"),
     ("device", "tpu", "train.device: expected one of auto, cpu, cuda, got 'tpu'"),
     ("early_stopping", 1.5, "train.early_stopping: expected an integer >= 0, got 1.5"),

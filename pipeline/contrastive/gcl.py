@@ -333,6 +333,7 @@ def check_aligned(groups: pa.Table, reference: pa.Table, n_train: int, where: st
 
 
 SCORE_CHUNK = 64  # pairs per length-sorted decoding chunk when scoring a step's pairs
+SCORE_BLOCK = 512  # distinct contexts encoded at a time by score_pairs (bounds the states' memory)
 
 
 def shares_contexts(model) -> bool:
@@ -352,6 +353,54 @@ def pair_batch(dataset: DialogueDataset, context_rows: list[int], response_rows:
     resp = dataset.collate(response_rows)
     ctx.response, ctx.response_mask = resp.response, resp.response_mask
     return ctx
+
+
+def score_pairs(model, dataset: DialogueDataset, context_rows, response_rows, device,
+                chunk: int = SCORE_CHUNK, block: int | None = None, share: bool = True,
+                desc: str | None = None) -> torch.Tensor:
+    """Σ_t log p(r_t | c) of every (context row, response row) pair, float32 [N] in the pairs'
+    order; gradients flow unless the caller turns them off.
+
+    Where the model scores through the interface (encode, then teacher-forced decode) and
+    reads its context only (eval mode: PostKS's posterior reads the response in training),
+    each distinct context is encoded once, ``block`` distinct contexts at a time (None: all),
+    and its state expanded to its pairs: 7 of an example's 13 group pairs share its context,
+    and the candidates are training contexts themselves. The responses are teacher-forced in
+    length-sorted chunks of ``chunk`` pairs, each padded to its own longest. Other models (or
+    ``share=False``) score length-sorted pair batches. Same numbers either way up to float
+    rounding (tested). ``desc``: a progress bar over the pairs."""
+    ctx = np.asarray(context_rows, dtype=np.int64).reshape(-1)
+    resp = np.asarray(response_rows, dtype=np.int64).reshape(-1)
+    out = torch.empty(len(ctx), dtype=torch.float32, device=device)
+    if not len(ctx):
+        return out
+    resp_len = np.asarray([len(dataset[int(r)].response) for r in resp])  # </s> included
+    bar = progress(total=len(ctx), desc=desc, unit="pair", **({} if desc else {"disable": True}))
+    if not share or model.training or not shares_contexts(model):
+        qlen = np.asarray([len(dataset[int(c)].query) for c in ctx])
+        order = np.lexsort((np.arange(len(ctx)), qlen + resp_len))
+        for i in range(0, len(order), chunk):
+            part = order[i:i + chunk]
+            pb = pair_batch(dataset, ctx[part].tolist(), resp[part].tolist()).to(device)
+            out[torch.as_tensor(part, device=device)] = model(pb, method="sequence_log_prob").float()
+            bar.update(len(part))
+        bar.close()
+        return out
+    distinct, inverse = np.unique(ctx, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    block = block or len(distinct)
+    for lo in range(0, len(distinct), block):
+        rows = np.flatnonzero((inverse >= lo) & (inverse < lo + block))
+        encoded = model(dataset.collate(distinct[lo:lo + block].tolist()).to(device), method="encode")
+        order = rows[np.lexsort((rows, resp_len[rows]))]
+        for i in range(0, len(order), chunk):
+            part = order[i:i + chunk]
+            pb = pair_batch(dataset, ctx[part].tolist(), resp[part].tolist()).to(device)
+            state = unwrap(model).reorder_state(encoded, torch.as_tensor(inverse[part] - lo, device=device))
+            out[torch.as_tensor(part, device=device)] = -model(pb, method="token_nll", state=state).sum(1).float()
+            bar.update(len(part))
+    bar.close()
+    return out
 
 
 def valid_subset(n: int, size: int, seed: int) -> np.ndarray:
@@ -449,52 +498,29 @@ class GroupContrastive:
         terms = paper_terms(d, s, positive) if self.cfg.loss == "paper" else code_terms(d, s)
         return (terms * weight).sum()
 
-    def _log_p(self, model, pb: Batch, dataset: DialogueDataset | None = None,
-               context_rows: list[int] | None = None) -> torch.Tensor:
-        """log p_m(r | c) of every pair, with dropout off unless ``score_dropout`` (the cached
-        reference was scored in eval mode); gradients flow either way.
-
-        ``dataset``/``context_rows``: where the pairs' contexts come from. In
-        eval mode the encoder reads the context only (PostKS's posterior reads the response
-        in training mode alone), so each distinct context is encoded once and its state
-        expanded to its pairs: an example's response-side pairs and the original pair share
-        its context, 7 of its 13 pairs at k = 3."""
+    def _log_p(self, model, dataset: DialogueDataset, context_rows: list[int], response_rows: list[int],
+               device) -> torch.Tensor:
+        """log p_m(r | c) of every pair (score_pairs), with dropout off unless ``score_dropout``
+        (the cached reference was scored in eval mode); gradients flow either way."""
         was = model.training
         if not self.cfg.score_dropout:
             model.eval()
         try:
-            if context_rows is None or model.training or not shares_contexts(model):
-                return model(pb, method="sequence_log_prob").float()
-            device = pb.response.device
-            distinct, inverse = np.unique(np.asarray(context_rows), return_inverse=True)
-            contexts = dataset.collate(distinct.tolist()).to(device)
-            encoded = model(contexts, method="encode")
-            # The candidates' responses vary in length (about 40% of one padded batch is
-            # padding): decode them in length-sorted chunks, each padded to its own longest.
-            lengths = pb.response_mask.sum(1).cpu().numpy()
-            order = np.argsort(lengths, kind="stable")
-            inverse = inverse.reshape(-1)
-            scores = []
-            for part in np.array_split(order, max(1, -(-len(order) // SCORE_CHUNK))):
-                width = int(lengths[part].max(initial=0))
-                chunk = pb.select(torch.as_tensor(part, device=device))
-                chunk.response, chunk.response_mask = chunk.response[:, :width], chunk.response_mask[:, :width]
-                state = unwrap(model).reorder_state(encoded, torch.as_tensor(inverse[part], device=device))
-                scores.append(-model(chunk, method="token_nll", state=state).sum(1).float())
-            # back from length order to the pairs' own order
-            return torch.cat(scores)[torch.as_tensor(np.argsort(order), device=device)]
+            return score_pairs(model, dataset, context_rows, response_rows, device)
         finally:
             model.train(was)
 
     def _cl(self, model, pairs: list[Pair], weight: list[float], dataset: DialogueDataset,
-            device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Batch]:
-        context_rows = [p.context_row for p in pairs]
-        pb = pair_batch(dataset, context_rows, [p.response_row for p in pairs]).to(device)
+            device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(Eq. 4 over the pairs, their D, which are positives, their target tokens)."""
+        response_rows = [p.response_row for p in pairs]
         f32 = dict(dtype=torch.float32, device=device)
-        d = self._log_p(model, pb, dataset, context_rows) - torch.tensor([p.reference for p in pairs], **f32)
+        log_p = self._log_p(model, dataset, [p.context_row for p in pairs], response_rows, device)
+        d = log_p - torch.tensor([p.reference for p in pairs], **f32)
         s = torch.tensor([p.s for p in pairs], **f32)
         positive = torch.tensor([p.positive for p in pairs], device=device)
-        return self.contrastive_loss(d, s, positive, torch.tensor(weight, **f32)), d, positive, pb
+        tokens = sum(len(dataset[r].response) for r in response_rows)  # </s> included
+        return self.contrastive_loss(d, s, positive, torch.tensor(weight, **f32)), d, positive, tokens
 
     def __call__(self, model, batch: Batch, epoch: int = 0, step: int = 0, **ctx) -> dict:
         cfg = self.cfg
@@ -503,8 +529,8 @@ class GroupContrastive:
             return {**out, "loss": cfg.mle_weight * out["loss"]} if cfg.cl_weight == 0 else out
         rows = batch.index.tolist()
         pairs, _, weight = self.step_pairs(rows, step - cfg.mle_warmup_steps)
-        cl, d, positive, pb = self._cl(model, pairs, weight, self.dataset, batch.response.device)
-        out = {"cl_loss": cl.detach(), "target_tokens": pb.response_mask.sum().detach(),
+        cl, d, positive, tokens = self._cl(model, pairs, weight, self.dataset, batch.response.device)
+        out = {"cl_loss": cl.detach(), "target_tokens": torch.tensor(tokens),
                "d_positive": d[positive].mean().detach() if bool(positive.any()) else d.new_zeros(()),
                "n_pairs": torch.tensor(len(pairs))}
         w = anneal_weight(step - cfg.mle_warmup_steps, cfg.anneal_center, cfg.anneal_width) if cfg.anneal else None
@@ -581,8 +607,9 @@ class GroupContrastive:
 def reference_log_probs(model, dataset: DialogueDataset, groups: pa.Table, batch_size: int = 256,
                         device: torch.device | str = "cpu") -> pa.Table:
     """log p_n(r | c) of the frozen reference (eval mode: no dropout) for every pair of
-    every group, as schema.REFERENCE_SCORES rows aligned with ``groups``. Pairs are batched
-    by length (less padding); the order is fixed, so the output is deterministic."""
+    every group, as schema.REFERENCE_SCORES rows aligned with ``groups`` (score_pairs: each
+    distinct context encoded once, responses in length-sorted batches of ``batch_size``); the
+    order is fixed, so the output is deterministic."""
     if groups.num_rows != len(dataset):
         raise InputError("data/scored_groups/train.parquet",
                          f"{groups.num_rows} groups for {len(dataset)} training examples")
@@ -597,16 +624,8 @@ def reference_log_probs(model, dataset: DialogueDataset, groups: pa.Table, batch
                 resp.append(r)
                 slots.append((row, kind, pos))
     n_ex = len(dataset)
-    lengths = np.asarray([len(dataset[c].query) + len(dataset[r].response) for c, r in zip(ctx, resp, strict=True)])
-    order = np.lexsort((np.arange(len(ctx)), lengths))
-    values = np.zeros(len(ctx), dtype=np.float32)
-    bar = progress(total=len(ctx), desc="reference log p", unit="pair")
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        batch = pair_batch(dataset, [ctx[i] for i in idx], [resp[i] for i in idx]).to(device)
-        values[idx] = model(batch, method="sequence_log_prob").float().cpu().numpy()
-        bar.update(len(idx))
-    bar.close()
+    values = score_pairs(model, dataset, ctx, resp, device, chunk=batch_size, block=SCORE_BLOCK,
+                         desc="reference log p").cpu().numpy()
     out = {"positive": [[] for _ in range(n_ex)], "negative": [[] for _ in range(n_ex)]}
     for (row, kind, _), v in zip(slots, values, strict=True):
         out[kind][row].append(float(v))

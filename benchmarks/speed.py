@@ -1,0 +1,258 @@
+"""Before/after measures of the speed work, each side by side in one run on the real slice.
+
+- ``scoring``: the reference-score stage's pass over group pairs: today's path (every pair
+  encoded with its context, in the CPU's bf16) against ours (each distinct context encoded
+  once, ``precision: auto``), and the two factors apart.
+- ``decoding``: the generate stage (batched greedy with incremental state, and the
+  query_gain pass) in bf16 against ``precision: auto``.
+- ``gcl_validation``: one validation of a GCL fine-tune on every valid group against the
+  seeded subset of ``gcl.valid_examples``, and the paired CI of a criterion difference.
+- ``threads``: MLE training steps in one process with 2 threads against two processes with
+  one thread each, side by side (what ``dvc queue start -j 2`` would do).
+
+Each returns (headline, details). The model is seed 1 of the run when it is trained
+(``checkpoints/<run>/seed1/best.pt``), else the same architecture untrained: the cost of a
+pass does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.io import load_params, native_cpu_bf16, read_parquet, resolve_precision
+
+DATA = Path("data")
+
+
+def _model(run: str):
+    from pipeline.dataset import Vocab, load_split
+    from pipeline.models import ModelContext, build_model, run_architecture, run_model_params
+    from pipeline.train import load_trained, load_vocab_and_embeddings
+
+    best = Path("checkpoints") / run / "seed1" / "best.pt"
+    if best.exists():
+        vocab = Vocab.load(DATA / "prepared" / "vocab.parquet")
+        model = load_trained(best, vocab)
+        trained = True
+    else:
+        params = load_params()
+        arch = run_architecture(params, run)
+        mparams = run_model_params(params, run, arch)
+        vocab, emb = load_vocab_and_embeddings(DATA)
+        torch.manual_seed(1)
+        model = build_model(arch, mparams, ModelContext.from_vocab(vocab, emb))
+        trained = False
+    data_cfg = type(model).data_config(model.params)
+    return model.eval(), vocab, (lambda split: load_split(split, vocab, data_cfg, DATA)), trained
+
+
+def _groups(split: str, n_rows: int, k: int = 3, seed: int = 0):
+    """The first ``n_rows`` rows of data/scored_groups/<split>, or groups of the same shape
+    (the original pair, 2k positives, 2k negatives per example) drawn at random."""
+    import pyarrow as pa
+
+    path = DATA / "scored_groups" / f"{split}.parquet"
+    if path.exists():
+        return read_parquet(path).slice(0, n_rows), True
+    rng = np.random.default_rng(seed)
+    ctx_pos, resp_pos, ctx_neg, resp_neg = [], [], [], []
+    for row in range(n_rows):
+        other = rng.integers(0, n_rows, size=(4, 2 * k))
+        ctx_pos.append([row, *[row] * k, *other[0, :k]])  # original, response side, context side
+        resp_pos.append([row, *other[1, :k], *[row] * k])
+        ctx_neg.append([*[row] * k, *other[2, :k]])
+        resp_neg.append([*other[3, :k], *[row] * k])
+    return pa.table({"positive_context_rows": ctx_pos, "positive_response_rows": resp_pos,
+                     "negative_context_rows": ctx_neg, "negative_response_rows": resp_neg}), False
+
+
+def _pairs(groups) -> tuple[list[int], list[int]]:
+    cols = groups.to_pydict()
+    ctx, resp = [], []
+    for kind in ("positive", "negative"):
+        for cs, rs in zip(cols[f"{kind}_context_rows"], cols[f"{kind}_response_rows"], strict=True):
+            ctx += cs
+            resp += rs
+    return ctx, resp
+
+
+def _best_of(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def scoring(examples: int = 300, run: str = "seq2seq_history", repeats: int = 2) -> tuple[dict, dict]:
+    """reference_scores' pass over the group pairs of ``examples`` training examples."""
+    from pipeline.contrastive.gcl import SCORE_BLOCK, score_pairs
+    from pipeline.train import autocast
+
+    model, _, split, trained = _model(run)
+    ds = split("train")
+    groups, real = _groups("train", min(examples, len(ds)))
+    ctx, resp = _pairs(groups)
+    batch = load_params("reference_scores")["batch_size"]
+    cpu = torch.device("cpu")
+    auto = resolve_precision("auto", "cpu")
+    variants = {  # name: (precision, share contexts)
+        "before_bf16_per_pair": ("bf16", False),
+        "bf16_shared": ("bf16", True),
+        f"{auto}_per_pair": (auto, False),
+        f"after_{auto}_shared": (auto, True),
+    }
+    seconds, values = {}, {}
+    for name, (precision, share) in variants.items():
+        def go(precision=precision, share=share, name=name):
+            with torch.inference_mode(), autocast(cpu, precision):
+                values[name] = score_pairs(model, ds, ctx, resp, cpu, chunk=batch, block=SCORE_BLOCK, share=share)
+        seconds[name] = _best_of(go, repeats)
+    before, after = seconds["before_bf16_per_pair"], seconds[f"after_{auto}_shared"]
+    same = float((values[f"after_{auto}_shared"] - values[f"{auto}_per_pair"]).abs().max())
+    return (
+        {"reference_scores_speedup": round(before / after, 2)},
+        {"run": run, "trained": trained, "real_groups": real, "examples": len(groups), "pairs": len(ctx),
+         "distinct_contexts": len(set(ctx)), "batch_size": batch, "auto_precision": auto,
+         "seconds": {k: round(v, 2) for k, v in seconds.items()},
+         "pairs_per_s": {k: round(len(ctx) / v, 1) for k, v in seconds.items()},
+         "max_abs_diff_shared_vs_per_pair_nats": round(same, 6)},
+    )
+
+
+def decoding(turns: int = 1000, run: str = "seq2seq_history", repeats: int = 1) -> tuple[dict, dict]:
+    """The generate stage's work on ``turns`` test turns: greedy decoding (incremental
+    state) and the query_gain pass, in bf16 (today's default) and in ``precision: auto``."""
+    from pipeline.dataset import DialogueDataset
+    from pipeline.decode import derangement, generate_rows, query_log_probs
+    from pipeline.train import autocast
+
+    model, _, split, trained = _model(run)
+    full = split("test")
+    ds = DialogueDataset(full.examples[:turns], full.vocab, full.config, {k: v[:turns] for k, v in full.texts.items()})
+    p = load_params("generate")
+    cpu = torch.device("cpu")
+    auto = resolve_precision("auto", "cpu")
+    seconds, hyps = {}, {}
+    for precision in dict.fromkeys(("bf16", auto)):
+        def go(precision=precision):
+            with autocast(cpu, precision):
+                rows = generate_rows(model, ds, method=p["method"], beam_size=p["beam_size"], max_len=p["max_len"],
+                                     batch_size=p["batch_size"], device=cpu)
+                query_log_probs(model, ds, batch_size=p["batch_size"], device=cpu, partner=derangement(len(ds)))
+            hyps[precision] = [r["hypothesis"] for r in rows]
+        seconds[precision] = _best_of(go, repeats)
+    same = float(np.mean([a == b for a, b in zip(hyps["bf16"], hyps[auto], strict=True)]))
+    return (
+        {"generate_speedup": round(seconds["bf16"] / seconds[auto], 2)},
+        {"run": run, "trained": trained, "turns": len(ds), "auto_precision": auto, "batch_size": p["batch_size"],
+         "seconds": {k: round(v, 2) for k, v in seconds.items()},
+         "identical_hypotheses_bf16_vs_auto": round(same, 4)},
+    )
+
+
+def gcl_validation(run: str = "seq2seq_history") -> tuple[dict, dict]:
+    """One validation CL of the GCL objective: every valid group against the seeded subset
+    of ``gcl.valid_examples`` (needs data/scored_groups and the reference scores of seed 1).
+
+    Sizing: validation picks between checkpoints of one run by the difference of their
+    criteria on the same examples, so what matters is the sd of the per-example difference
+    of CL between two checkpoints (the reference and the GCL run's last step, when trained):
+    its standard error at the subset size is compared with the differences selected between."""
+    from pipeline.contrastive.gcl import GCLConfig, GroupContrastive
+    from pipeline.train import load_trained
+
+    params = load_params()
+    gcl = {**params["gcl"], **((params.get(f"{run}_gcl") or {}).get("gcl") or {})}
+    model, vocab, split, trained = _model(run)
+    train_ds, valid_ds = split("train"), split("valid")
+    ref = DATA / "reference_scores" / run / "seed1"
+    groups = {s: read_parquet(DATA / "scored_groups" / f"{s}.parquet") for s in ("train", "valid")}
+    scores = {s: read_parquet(ref / f"{s}.parquet") for s in ("train", "valid")}
+    out, seconds, objs = {}, {}, {}
+    for name, size in (("all", 0), ("subset", gcl.get("valid_examples", 0))):
+        cfg = GCLConfig.from_params({**gcl, "valid_examples": size})
+        objs[name] = GroupContrastive(cfg, groups["train"], scores["train"], train_ds,
+                                      valid=(groups["valid"], scores["valid"], valid_ds))
+        start = time.perf_counter()
+        out[name] = objs[name].validate(model, "cpu")
+        seconds[name] = time.perf_counter() - start
+    n_valid = groups["valid"].num_rows
+    size = gcl.get("valid_examples", 0) or n_valid
+    details = {"run": run, "trained": trained, "valid_examples": n_valid, "subset": size,
+               "seconds": {k: round(v, 2) for k, v in seconds.items()},
+               "cl": {k: round(v["cl"], 4) for k, v in out.items()}}
+    last = Path("checkpoints") / f"{run}_gcl" / "seed1" / "last.pt"
+    if last.exists():  # the paired sizing
+        tuned = load_trained(last, vocab)
+        a = np.array([cl for _, cl, _, _ in _per_example(objs["all"], model)])
+        b = np.array([cl for _, cl, _, _ in _per_example(objs["all"], tuned)])
+        sd = float(np.std(b - a, ddof=1))
+        details["sizing"] = {"checkpoints": ["reference", str(last)], "cl_difference_all": round(float(b.mean() - a.mean()), 4),
+                             "per_example_difference_sd": round(sd, 4),
+                             "se_of_difference": {n: round(sd / np.sqrt(n), 4) for n in (250, 500, 1000, 2000, n_valid)}}
+    return {"gcl_validation_speedup": round(seconds["all"] / seconds["subset"], 2)}, details
+
+
+def _per_example(obj, model):
+    """(1, CL of one valid example, pairs, D) per valid example: valid batches of one."""
+    keep = obj.valid_batch
+    obj.valid_batch = 1
+    try:
+        yield from obj.valid_pairs(model, "cpu")
+    finally:
+        obj.valid_batch = keep
+
+
+# -- thread layout ------------------------------------------------------------------------
+def _train_steps(run: str, steps: int, threads: int) -> float:
+    """Seconds of ``steps`` MLE training steps of ``run`` with ``threads`` torch threads."""
+    torch.set_num_threads(threads)
+    from benchmarks.measures import _step, _training_setup
+
+    model, optimizer, ds, batches, cfg = _training_setup(run, steps, resolve_precision("auto", "cpu"))
+    model.train()
+    _step(model, optimizer, ds.collate(batches[0]), cfg)
+    start = time.perf_counter()
+    for index in batches[1:]:
+        _step(model, optimizer, ds.collate(index), cfg)
+    return time.perf_counter() - start
+
+
+def threads(run: str = "seq2seq_history", steps: int = 20) -> tuple[dict, dict]:
+    """Two jobs of ``steps`` training steps each: one after the other in one process with 2
+    threads, against side by side in two processes with 1 thread each (as two stages under
+    ``dvc queue start -j 2``). Wall seconds of the pair of jobs."""
+    def spawn(n_threads: int) -> subprocess.Popen:
+        env = dict(os.environ, OMP_NUM_THREADS=str(n_threads), PIPELINE_NO_PROGRESS="1")
+        code = (f"from benchmarks.speed import _train_steps; print(_train_steps({run!r}, {steps}, {n_threads}))")
+        return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+
+    start = time.perf_counter()
+    for _ in range(2):
+        p = spawn(2)
+        p.wait()
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    procs = [spawn(1), spawn(1)]
+    for p in procs:
+        p.wait()
+    two = time.perf_counter() - start
+    return (
+        {"two_processes_vs_one_speedup": round(one / two, 2)},
+        {"run": run, "steps_per_job": steps, "one_process_2_threads_seconds": round(one, 1),
+         "two_processes_1_thread_seconds": round(two, 1), "native_bf16": native_cpu_bf16()},
+    )
+
+
+if __name__ == "__main__":
+    print(json.dumps(dict(zip(("headline", "details"), globals()[sys.argv[1]](), strict=True)), indent=1))
