@@ -16,18 +16,25 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import measures
+from benchmarks import measures, speed
 from benchmarks.scale import PREPROCESSING, bench_scale, growth
+from pipeline import stage_times
 
 ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS = {
+    "reference_scores_speedup": ">= 4x",
+    "generate_speedup": ">= 3x",
+    "gcl_run_vs_mle_run_wall": "<= 1.5",
+    "one_seed_repro_minutes": "<= 60",
+    "full_repro_peak_rss_gb": "<= 8",
+    "test_suite_seconds": "<= 480",
     "bm25_speedup": ">= 100x",
     "labelling_speedup": ">= 20x",
     "train_speedup_vs_fp32": ">= 2.5",
     "train_fraction_of_bf16_peak": ">= 0.20",
     "bf16_vs_fp32_val_nll_rel_diff": "<= 0.01",
-    "full_repro_minutes": "<= 75",
+    "full_repro_minutes": "<= 150",
     "gcl_vs_mle_throughput": ">= 0.9",
     "noop_repro_seconds": "<= 5 s",
 }
@@ -53,24 +60,44 @@ def noop_repro_seconds() -> float:
     return round(seconds, 2)
 
 
-def full_repro() -> dict:
-    """`dvc repro` of the committed pipeline from scratch (a clone of HEAD, no DVC cache, the
-    shared data beside it as in CI): wall minutes and the peak RSS of any one process."""
+def full_repro(seeds: list[int] | None = None) -> dict:
+    """The README's `make repro` (`dvc exp run`) of the committed pipeline from scratch: a
+    fresh clone of HEAD, no DVC cache, the shared data beside it as in CI. ``seeds``: the
+    one-seed run (`-S 'seeds=[1]'`). Wall minutes, the peak RSS of the largest stage process,
+    the commit and the CPU; the clone's stage time records go to reports/stage_times_<n>seed.json."""
     import resource
 
+    from pipeline.staleness import head_commit
+
+    key = "full_repro" if seeds is None else "one_seed_repro"
     with tempfile.TemporaryDirectory(prefix="repro-", dir=ROOT.parent) as tmp:
-        clone = Path(tmp) / "clone"
+        clone = Path(tmp) / ROOT.name  # beside ROOT, so that ../shared resolves as in CI
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        (clone / ".venv").symlink_to(Path(sys.executable).parents[1])
         env = dict(os.environ, PIPELINE_NO_PROGRESS="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        cmd = [str(Path(sys.executable).parent / "dvc"), "exp", "run"]
+        if seeds is not None:
+            cmd += ["-S", f"seeds={json.dumps(seeds)}"]
         start = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=clone, env=env, check=True)
+        subprocess.run(cmd, cwd=clone, env=env, check=True)
         minutes = (time.perf_counter() - start) / 60
+        records = stage_times.collect(clone / ".dvc" / "tmp" / "stage_times")
+        (ROOT / "reports" / f"stage_times_{key}.json").write_text(json.dumps(records, indent=1) + "\n")
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child process
-    return {"full_repro_minutes": round(minutes, 1), "full_repro_peak_rss_gib": round(peak / 2**30, 2)}
+    return {f"{key}_minutes": round(minutes, 1), f"{key}_peak_rss_gb": round(peak / 1e9, 2),
+            f"{key}_commit": head_commit(ROOT), f"{key}_cpu": stage_times.cpu_model(),
+            f"{key}_stage_times": records["by_kind"]}
 
 
 def render(results: dict) -> str:
     rows = [
+        ("reference_scores pass: shared contexts, precision auto vs per-pair bf16", "reference_scores_speedup", "x"),
+        ("generate stage work (decode + query_gain): precision auto vs bf16", "generate_speedup", "x"),
+        ("GCL validation: every valid group vs the gcl.valid_examples subset", "gcl_validation_speedup", "x"),
+        ("two 1-thread processes vs one 2-thread process (MLE steps, 2 jobs)", "two_processes_vs_one_speedup", "x"),
+        ("GCL fine-tune wall / its reference's MLE run wall (stage times)", "gcl_run_vs_mle_run_wall", ""),
+        ("one-seed dvc repro from scratch (minutes)", "one_seed_repro_minutes", ""),
+        ("make test (seconds, fresh clone)", "test_suite_seconds", ""),
         ("BM25 candidate pools vs rank_bm25 get_scores loop", "bm25_speedup", "x"),
         ("  top-10 agreement with rank_bm25", "bm25_top10_agreement", ""),
         ("persona labelling vs one encoder call per sentence", "labelling_speedup", "x"),
@@ -81,7 +108,8 @@ def render(results: dict) -> str:
         ("  fp32 matmul peak, GFLOP/s", "fp32_matmul_peak_gflops", ""),
         ("best validation NLL, bf16 vs fp32 run (relative difference)", "bf16_vs_fp32_val_nll_rel_diff", ""),
         ("full dvc repro from scratch (minutes)", "full_repro_minutes", ""),
-        ("  peak RSS of that repro (GiB)", "full_repro_peak_rss_gib", ""),
+        ("  peak RSS of that repro (GB)", "full_repro_peak_rss_gb", ""),
+        ("  peak RSS of the one-seed repro (GB)", "one_seed_repro_peak_rss_gb", ""),
         ("contrastive / MLE target-token throughput", "gcl_vs_mle_throughput", ""),
         ("no-op dvc repro (seconds)", "noop_repro_seconds", ""),
         ("groups: queries whose exact top-k MaxScore pruning could certify", "groups_pruning_certified_share", ""),
@@ -99,6 +127,11 @@ def render(results: dict) -> str:
         value = results.get(key)
         shown = "not measured" if value is None else f"{value:g}{unit}"
         lines.append(f"| {label} | {shown} | {TARGETS.get(key, '')} |")
+    if results.get("stage_times"):
+        lines += ["", "## Where the time goes: stage wall times by kind", "",
+                  "Collected by `python -m benchmarks --only stage_times` from the records every stage writes "
+                  "when it runs (reports/stage_times.json has each instance).", "",
+                  *stage_times.render(results["stage_times"])]
     lines += ["", "## Details", "", "```json", json.dumps(results.get("details", {}), indent=2), "```"]
     if results.get("scale"):
         factors = sorted({f for runs in results["scale"].values() for f in runs}, key=lambda f: int(f[1:]))
@@ -118,8 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scales", default="1,3,9", help="replication factors, e.g. 1,3,9 ('' skips)")
     ap.add_argument("--sample", type=int, default=400, help="queries/examples timed on the slow paths")
     ap.add_argument("--only", default="",
-                    help="comma-separated subset: bm25,labelling,train,parity,gcl,pruning,noop,scale,full_repro "
-                         "(full_repro only when named: it runs the whole pipeline in a scratch clone)")
+                    help="comma-separated subset: stage_times,scoring,decoding,gcl_validation,threads,bm25,labelling,"
+                         "train,parity,gcl,pruning,noop,scale,one_seed_repro,full_repro "
+                         "(one_seed_repro and full_repro only when named: they run the pipeline in a scratch clone)")
     ap.add_argument("--out", default="reports/benchmarks")
     args = ap.parse_args(argv)
     only = set(filter(None, args.only.split(",")))
@@ -132,7 +166,21 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {**previous, "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
                                             f"{measures.torch_threads()}",
                      "details": dict(previous.get("details", {}))}
+    if want("stage_times"):
+        collected = stage_times.collect()
+        if collected["stages"]:
+            Path("reports").mkdir(exist_ok=True)
+            Path("reports/stage_times.json").write_text(json.dumps(collected, indent=1) + "\n")
+            results["stage_times"] = {"by_kind": collected["by_kind"],
+                                      "stages": {k: {"cpu": v.get("cpu")} for k, v in collected["stages"].items()}}
+            results.update(stage_times.ratios(collected))
+        else:
+            print(f"[benchmarks] stage_times: no records in {stage_times.records_dir()}", file=sys.stderr)
     steps = [
+        ("scoring", speed.scoring),
+        ("decoding", speed.decoding),
+        ("gcl_validation", speed.gcl_validation),
+        ("threads", speed.threads),
         ("bm25", lambda: measures.bm25(args.sample)),
         ("labelling", lambda: measures.labelling(args.sample)),
         ("train", measures.training),
@@ -156,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
             results["scale"] = bench_scale(Path(args.raw).resolve(), factors, Path(tmp))
         results["scale_growth"] = growth(results["scale"], factors)
 
+    if "one_seed_repro" in only:
+        print("[benchmarks] one_seed_repro (the one-seed pipeline in a scratch clone) ...", file=sys.stderr)
+        results.update(full_repro(seeds=[1]))
     if "full_repro" in only:
         print("[benchmarks] full_repro (the whole pipeline in a scratch clone) ...", file=sys.stderr)
         results.update(full_repro())

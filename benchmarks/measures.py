@@ -153,18 +153,19 @@ def _training_setup(model_name: str, steps: int, precision: str | None = None):
     from pathlib import Path
 
     from pipeline.dataset import batch_indices, load_split
-    from pipeline.models import ModelContext, build_model, get_model_class, model_params
+    from pipeline.models import ModelContext, build_model, get_model_class, run_architecture, run_model_params
     from pipeline.train import TrainConfig, load_vocab_and_embeddings, train_params
 
     params = load_params()
     tp = train_params(params, model_name)
-    cfg = TrainConfig.from_params({**tp, "precision": precision or tp.get("precision", "bf16")})
-    mparams = model_params(params, model_name)
-    cls = get_model_class(model_name)
+    cfg = TrainConfig.from_params({**tp, "precision": precision or tp.get("precision", "auto")})
+    arch = run_architecture(params, model_name)  # a run (seq2seq_history) or an architecture
+    mparams = run_model_params(params, model_name, arch)
+    cls = get_model_class(arch)
     vocab, emb = load_vocab_and_embeddings(Path("data"))
     train_ds = load_split("train", vocab, cls.data_config(mparams), Path("data"))
     torch.manual_seed(cfg.seed)
-    model = build_model(model_name, mparams, ModelContext.from_vocab(vocab, emb, train_ds))
+    model = build_model(arch, mparams, ModelContext.from_vocab(vocab, emb, train_ds))
     g = torch.Generator().manual_seed(cfg.seed)
     batches = batch_indices(train_ds.lengths(), cfg.batch_size, g, cfg.bucket)[: steps + 1]
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)

@@ -153,3 +153,28 @@ def render(summary: dict) -> list[str]:
     if cpus:
         lines += ["", f"CPU: {', '.join(cpus)} (sums of single-stage wall times; stages run one after another)."]
     return lines
+
+
+def _mle_stage(stages: dict, reference: str, seed: str) -> str | None:
+    """The MLE training stage of run ``reference`` and ``seed`` (dvc.yaml's matrices name it
+    by run or by architecture)."""
+    arch = reference.removesuffix("_history")
+    for name in (f"train@{reference}-{seed}", f"train_history@{reference}-{seed}",
+                 f"train_history_models@{arch}-{seed}"):
+        if name in stages:
+            return name
+    return None
+
+
+def ratios(summary: dict) -> dict:
+    """Each GCL fine-tune's wall time over its reference's MLE run (the issue's <= 1.5 goal):
+    the largest as the headline, every pair in ``gcl_run_vs_mle_run_walls``."""
+    stages = summary["stages"]
+    pairs = {}
+    for name, rec in stages.items():
+        if name.startswith("train_gcl@"):
+            reference, _, seed = name.split("@", 1)[1].rpartition("-")
+            mle = _mle_stage(stages, reference, seed)
+            if mle:
+                pairs[name] = round(rec["wall_seconds"] / max(stages[mle]["wall_seconds"], 1e-9), 3)
+    return {"gcl_run_vs_mle_run_wall": max(pairs.values()), "gcl_run_vs_mle_run_walls": pairs} if pairs else {}

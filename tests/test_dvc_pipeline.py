@@ -118,3 +118,24 @@ def test_bad_input_fails_the_stage_with_one_clear_line(tmp_path):
     assert proc.returncode != 0
     assert "valid_self_original_no_cands.txt:7" in proc.stderr + proc.stdout
     assert not (repo / "data" / "prepared").exists()
+
+
+def test_staleness_names_the_stages_whose_code_or_params_changed(built, monkeypatch, capsys):
+    from pipeline import staleness
+
+    assert not set(staleness.stale_stages(built)) & set(PREPROCESSING)  # just reproduced
+    code, params = built / "stages" / "congeneric.py", built / "params.yaml"
+    saved = code.read_text(), params.read_text()
+    code.write_text(saved[0] + "\n# touched\n")
+    set_params(built, {"pmi": {"max_words": 3}})
+    try:
+        stale = staleness.stale_stages(built)
+        assert any("stages/congeneric.py modified" in why for why in stale["congeneric"]), stale
+        assert any("pmi.max_words" in why for why in stale["pmi"]), stale
+        assert "prepare" not in stale and "embeddings" not in stale  # untouched: not stale
+        monkeypatch.chdir(built)
+        assert staleness.main(["--check"]) == 1
+        assert "congeneric: stages/congeneric.py modified" in capsys.readouterr().out
+    finally:
+        code.write_text(saved[0])
+        params.write_text(saved[1])

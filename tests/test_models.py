@@ -265,3 +265,31 @@ def test_gpmn_idf_table_weights_by_the_table_and_missing_words_by_idf_missing(da
     assert model.idf[vocab.stoi["pizza"]] == 5.0 and model.idf[vocab.stoi["guitar"]] == pytest.approx(0.58829)
     with pytest.raises(InputError, match="cannot read idf table"):
         build_model("gpmn", params, ModelContext.from_vocab(vocab, None, train, tmp_path / "missing.tsv"))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_unpacked_bidirectional_gru_equals_the_packed_one(layers):
+    """layers.bidirectional_gru (padded tensors, the backward direction reversed within each
+    row) gives what nn.GRU gives on packed rows: outputs, final states and every gradient;
+    rows of different lengths, one empty."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from pipeline.models.layers import bidirectional_gru
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(6, 5, num_layers=layers, batch_first=True, bidirectional=True).double()
+    x = torch.randn(4, 7, 6, dtype=torch.double)
+    lengths = torch.tensor([7, 3, 0, 5])
+    mask = torch.arange(7).unsqueeze(0) < lengths.unsqueeze(1)
+    out, h = bidirectional_gru(gru, x, mask)
+    packed, h_ref = gru(pack_padded_sequence(x, lengths.clamp(min=1), batch_first=True, enforce_sorted=False))
+    out_ref, _ = pad_packed_sequence(packed, batch_first=True, total_length=7)
+    nonempty = (lengths > 0).double()
+    out_ref, h_ref = out_ref * nonempty.view(4, 1, 1), h_ref * nonempty.view(1, 4, 1)
+    torch.testing.assert_close(out, out_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(h, h_ref, rtol=0, atol=1e-12)
+    weights = torch.randn_like(out)  # a loss that reads every position
+    grads = torch.autograd.grad((out * weights).sum() + h.sum(), list(gru.parameters()))
+    grads_ref = torch.autograd.grad((out_ref * weights).sum() + h_ref.sum(), list(gru.parameters()))
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
