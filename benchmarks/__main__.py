@@ -91,6 +91,7 @@ def full_repro(seeds: list[int] | None = None) -> dict:
 
 def render(results: dict) -> str:
     rows = [
+        ("MLE training step, multi-turn Seq2Seq: padded vs packed encoder GRU", "encoder_step_speedup_history", "x"),
         ("reference_scores pass: shared contexts, precision auto vs per-pair bf16", "reference_scores_speedup", "x"),
         ("generate stage work (decode + query_gain): precision auto vs bf16", "generate_speedup", "x"),
         ("GCL validation: every valid group vs the gcl.valid_examples subset", "gcl_validation_speedup", "x"),
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scales", default="1,3,9", help="replication factors, e.g. 1,3,9 ('' skips)")
     ap.add_argument("--sample", type=int, default=400, help="queries/examples timed on the slow paths")
     ap.add_argument("--only", default="",
-                    help="comma-separated subset: stage_times,scoring,decoding,gcl_validation,threads,bm25,labelling,"
+                    help="comma-separated subset: stage_times,encoder,scoring,decoding,gcl_validation,threads,bm25,labelling,"
                          "train,parity,gcl,pruning,noop,scale,one_seed_repro,full_repro "
                          "(one_seed_repro and full_repro only when named: they run the pipeline in a scratch clone)")
     ap.add_argument("--out", default="reports/benchmarks")
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"[benchmarks] stage_times: no records in {stage_times.records_dir()}", file=sys.stderr)
     steps = [
+        ("encoder", speed.encoder),
         ("scoring", speed.scoring),
         ("decoding", speed.decoding),
         ("gcl_validation", speed.gcl_validation),

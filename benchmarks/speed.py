@@ -213,6 +213,59 @@ def _per_example(obj, model):
         obj.valid_batch = keep
 
 
+def _packed_encoder_forward(self, x, mask):
+    """The encoder as it was (a packed bidirectional GRU): the 'before' of ``encoder``."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from pipeline.models.layers import run_gru
+
+    b, length, _ = x.shape
+    lengths = mask.sum(1)
+    nonempty = lengths > 0
+    packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+    out, h = run_gru(self.gru, packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
+    h = h.view(self.config.layers, 2, b, -1).transpose(1, 2).reshape(self.config.layers, b, -1)
+    return out * nonempty.view(b, 1, 1).to(out.dtype), h * nonempty.view(1, b, 1).to(h.dtype)
+
+
+def encoder(runs=("seq2seq_history", "hred_history", "pednet", "seq2seq"), steps: int = 6,
+            rounds: int = 2) -> tuple[dict, dict]:
+    """MLE training steps (forward, backward, clip, Adam; ``precision: auto``) with the
+    encoder's bidirectional GRU packed (before) and on padded tensors (after): the same
+    batches and starting weights, blocks alternating, each figure the best block."""
+    import copy
+
+    from benchmarks.measures import _step, _training_setup
+    from pipeline.models.layers import Encoder
+
+    after_forward = Encoder.forward
+    details = {}
+    for run in runs:
+        model, _, ds, batches, cfg = _training_setup(run, steps, resolve_precision("auto", "cpu"))
+        model.train()
+        start_state = copy.deepcopy(model.state_dict())
+        batches = [ds.collate(i) for i in batches]
+        best = {"packed": float("inf"), "padded": float("inf")}
+        try:
+            for _ in range(rounds):
+                for name, forward in (("packed", _packed_encoder_forward), ("padded", after_forward)):
+                    Encoder.forward = forward
+                    model.load_state_dict(start_state)
+                    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+                    _step(model, optimizer, batches[0], cfg)
+                    start = time.perf_counter()
+                    for batch in batches[1:]:
+                        _step(model, optimizer, batch, cfg)
+                    best[name] = min(best[name], (time.perf_counter() - start) / (len(batches) - 1))
+        finally:
+            Encoder.forward = after_forward
+        details[run] = {"seconds_per_step": {k: round(v, 3) for k, v in best.items()},
+                        "speedup": round(best["packed"] / best["padded"], 2), "batch_size": cfg.batch_size}
+    return {"encoder_step_speedup_history": details[runs[0]]["speedup"]}, {"precision": resolve_precision("auto", "cpu"),
+                                                                           "steps": steps, "runs": details}
+
+
 # -- thread layout ------------------------------------------------------------------------
 def _train_steps(run: str, steps: int, threads: int) -> float:
     """Seconds of ``steps`` MLE training steps of ``run`` with ``threads`` torch threads."""

@@ -80,12 +80,13 @@ class HRAN(HierarchicalGenerator):
         layers, h = self.params["layers"], self.params["hidden"]
         l_state = torch.zeros(layers, b, h, device=exists.device)
         out = [None] * u
-        # One unbind per call, not a slice per utterance: the backward of each x[:, i] would
-        # zero-fill a tensor of x's full size (measured: 80% of a training step).
+        # Per-utterance tensors, split once per encoding (state keys "words<i>", ...): the
+        # backward of a slice x[:, i], or of an unbind at every decoding step, would write a
+        # tensor of x's full size each time (measured: 80%, then 22% of a training step).
         if word_query is None:
             rs = inputs.unbind(1)
         else:
-            keys, words, masks = (state[k].unbind(1) for k in ("word_keys", "words", "word_mask"))
+            keys, words, masks = ([state[f"{k}{i}"] for i in range(u)] for k in ("word_keys", "words", "word_mask"))
         for i in reversed(range(u)):
             if word_query is None:
                 r = rs[i]
@@ -101,8 +102,10 @@ class HRAN(HierarchicalGenerator):
     def encode(self, batch: Batch) -> State:
         words, vectors, word_mask, exists = self.encode_utterances(batch)
         l0 = self.utterance_states(vectors, exists)
-        return {"hidden": self.initial_hidden(l0[:, 0]), "words": words, "word_keys": self.word_key(words),
-                "word_mask": word_mask, "exists": exists}
+        state = {"hidden": self.initial_hidden(l0[:, 0]), "exists": exists}
+        for name, x in (("words", words), ("word_keys", self.word_key(words)), ("word_mask", word_mask)):
+            state.update({f"{name}{i}": part for i, part in enumerate(x.unbind(1))})  # [B, L, ...] each
+        return state
 
     def step(self, state: State, prev_emb: torch.Tensor) -> tuple[torch.Tensor, State]:
         s_prev = state["hidden"].transpose(0, 1)  # [layers, B, H]
