@@ -373,6 +373,14 @@ def batch_indices(
     return [batches[i] for i in perm]
 
 
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Batches of example indices sorted by length (ties by index), for passes without
+    gradients (validation, decoding, scoring): each batch is padded to its own longest, so
+    little padding is computed; callers put results back by index. Deterministic."""
+    order = np.lexsort((np.arange(len(lengths)), np.asarray(lengths)))
+    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
 def shard(batches: list[list[int]], rank: int, world: int, equal: bool = True) -> list[list[int]]:
     """This rank's batches (DistributedDataParallel). ``equal``: every rank gets the same
     number of batches (the last few are dropped), or DDP would wait forever."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.dataset import Batch, DialogueDataset, Example, batch_indices, collate
+from pipeline.dataset import Batch, DialogueDataset, Example, collate, sorted_batches
 from pipeline.io import progress
 from pipeline.models import Generator
 
@@ -118,7 +118,7 @@ def generate_rows(model: Generator, dataset: DialogueDataset, *, method: str = "
     model.eval()
     texts = dataset.texts
     rows: list[dict] = [{}] * len(dataset)
-    for index in progress(batch_indices(dataset.lengths(), batch_size), desc="decoding"):
+    for index in progress(sorted_batches(dataset.lengths(), batch_size), desc="decoding"):
         batch = dataset.collate(index).to(device)
         out = decode(model, batch, method, beam_size, max_len, length_penalty)
         sel = out.selected_persona.tolist() if out.selected_persona is not None else [None] * len(index)
@@ -190,7 +190,7 @@ def query_log_probs(model: Generator, dataset: DialogueDataset, batch_size: int 
     own = np.zeros(n, dtype=np.float64)
     shuffled = np.zeros(n, dtype=np.float64)
     try:
-        for index in progress(batch_indices(dataset.lengths(), batch_size), desc="query log-probs"):
+        for index in progress(sorted_batches(dataset.lengths(), batch_size), desc="query log-probs"):
             batch = dataset.collate(index).to(device)
             other = shuffled_batch(dataset, index, partner).to(device)
             n_tokens = batch.response_mask.sum(1).clamp(min=1).double()

@@ -50,6 +50,7 @@ from pipeline.dataset import (
     batch_indices,
     load_split,
     shard,
+    sorted_batches,
 )
 from pipeline.io import (
     InputError,
@@ -296,7 +297,7 @@ def evaluate(model: Generator, dataset: DialogueDataset, batch_size: int, device
     model.eval()
     # nll_sum, n_tokens, persona_correct, persona_total, persona_ce_sum, n_examples
     sums = torch.zeros(6, dtype=torch.float64)
-    batches = shard(batch_indices(dataset.lengths(), batch_size), d.rank, d.world, equal=False)
+    batches = shard(sorted_batches(dataset.lengths(), batch_size), d.rank, d.world, equal=False)
     for index in batches:
         batch = dataset.collate(index).to(device)
         with autocast(device, precision):

@@ -16,6 +16,7 @@ from pipeline.dataset import (
     batch_indices,
     load_split,
     shard,
+    sorted_batches,
 )
 from pipeline.io import InputError
 from pipeline.models import ModelContext, build_model, get_model_class, model_params
@@ -116,6 +117,23 @@ def test_batch_indices_deterministic_and_complete():
     shards = [shard(a, r, 2) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == len(a) // 2
     assert not set(map(tuple, shards[0])) & set(map(tuple, shards[1]))
+
+
+def test_bucketing_and_sorted_batches_change_no_example():
+    """Length buckets (training) and length-sorted batches (validation, decoding, scoring)
+    hold every example exactly once; sorted batches pad less than batches in order."""
+    lengths = np.random.default_rng(0).integers(1, 60, size=203)
+    for batches in (batch_indices(lengths, 16, torch.Generator().manual_seed(1), bucket=True), sorted_batches(lengths, 16)):
+        assert sorted(i for b in batches for i in b) == list(range(203))
+    ordered = sorted_batches(lengths, 16)
+    assert ordered == sorted_batches(lengths, 16)  # deterministic
+    flat = [i for b in ordered for i in b]
+    assert [lengths[i] for i in flat] == sorted(lengths.tolist())
+
+    def padded(bs):
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs)
+
+    assert padded(ordered) < 0.7 * padded(batch_indices(lengths, 16))
 
 
 # -- layers ------------------------------------------------------------------------------
