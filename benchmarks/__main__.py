@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
             headline, details = fn()
             results.update(headline)
             results["details"][name] = details
+            print(f"[benchmarks] {name}: {json.dumps(headline)} {json.dumps(details)}", file=sys.stderr)
+            save(out, results)  # a later step's failure keeps this one
     if want("noop"):
         print("[benchmarks] noop ...", file=sys.stderr)
         results["noop_repro_seconds"] = noop_repro_seconds()
@@ -212,11 +214,16 @@ def main(argv: list[str] | None = None) -> None:
     if "full_repro" in only:
         print("[benchmarks] full_repro (the whole pipeline in a scratch clone) ...", file=sys.stderr)
         results.update(full_repro())
+    print(save(out, results))
+
+
+def save(out: Path, results: dict) -> str:
+    """reports/benchmarks.{json,md}; returns the table."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     table = render(results)
     out.with_suffix(".md").write_text(table)
-    print(table)
+    return table
 
 
 if __name__ == "__main__":

@@ -131,32 +131,45 @@ def scoring(examples: int = 300, run: str = "seq2seq_history", repeats: int = 2)
 
 def decoding(turns: int = 1000, run: str = "seq2seq_history", repeats: int = 1) -> tuple[dict, dict]:
     """The generate stage's work on ``turns`` test turns: greedy decoding (incremental
-    state) and the query_gain pass, in bf16 (today's default) and in ``precision: auto``."""
-    from pipeline.dataset import DialogueDataset
-    from pipeline.decode import derangement, generate_rows, query_log_probs
+    state) and the query_gain pass. Before: bf16 (the old default) and batches in dataset
+    order; after: ``precision: auto`` and length-sorted batches; and each change alone."""
+    from pipeline import decode
+    from pipeline.dataset import DialogueDataset, batch_indices
     from pipeline.train import autocast
 
     model, _, split, trained = _model(run)
     full = split("test")
-    ds = DialogueDataset(full.examples[:turns], full.vocab, full.config, {k: v[:turns] for k, v in full.texts.items()})
+    ds = DialogueDataset(full.examples[:turns], {k: v[:turns] for k, v in full.texts.items()}, full.vocab, full.config)
     p = load_params("generate")
     cpu = torch.device("cpu")
     auto = resolve_precision("auto", "cpu")
+    variants = {"before_bf16_in_order": ("bf16", False), f"{auto}_in_order": (auto, False),
+                "bf16_sorted": ("bf16", True), f"after_{auto}_sorted": (auto, True)}
     seconds, hyps = {}, {}
-    for precision in dict.fromkeys(("bf16", auto)):
-        def go(precision=precision):
-            with autocast(cpu, precision):
-                rows = generate_rows(model, ds, method=p["method"], beam_size=p["beam_size"], max_len=p["max_len"],
-                                     batch_size=p["batch_size"], device=cpu)
-                query_log_probs(model, ds, batch_size=p["batch_size"], device=cpu, partner=derangement(len(ds)))
-            hyps[precision] = [r["hypothesis"] for r in rows]
-        seconds[precision] = _best_of(go, repeats)
-    same = float(np.mean([a == b for a, b in zip(hyps["bf16"], hyps[auto], strict=True)]))
+    sorted_batches = decode.sorted_batches
+    try:
+        for name, (precision, by_length) in variants.items():
+            decode.sorted_batches = sorted_batches if by_length else (lambda lengths, bs: batch_indices(lengths, bs))
+
+            def go(precision=precision, name=name):
+                with autocast(cpu, precision):
+                    rows = decode.generate_rows(model, ds, method=p["method"], beam_size=p["beam_size"],
+                                                max_len=p["max_len"], batch_size=p["batch_size"], device=cpu)
+                    decode.query_log_probs(model, ds, batch_size=p["batch_size"], device=cpu,
+                                           partner=decode.derangement(len(ds)))
+                hyps[name] = [r["hypothesis"] for r in rows]
+            seconds[name] = _best_of(go, repeats)
+    finally:
+        decode.sorted_batches = sorted_batches
+    before, after = "before_bf16_in_order", f"after_{auto}_sorted"
+    same = float(np.mean([a == b for a, b in zip(hyps[before], hyps[after], strict=True)]))
+    same_order = float(np.mean([a == b for a, b in zip(hyps[f"{auto}_in_order"], hyps[after], strict=True)]))
     return (
-        {"generate_speedup": round(seconds["bf16"] / seconds[auto], 2)},
+        {"generate_speedup": round(seconds[before] / seconds[after], 2)},
         {"run": run, "trained": trained, "turns": len(ds), "auto_precision": auto, "batch_size": p["batch_size"],
          "seconds": {k: round(v, 2) for k, v in seconds.items()},
-         "identical_hypotheses_bf16_vs_auto": round(same, 4)},
+         "identical_hypotheses_before_vs_after": round(same, 4),
+         "identical_hypotheses_sorted_vs_in_order": round(same_order, 4)},
     )
 
 

@@ -180,12 +180,11 @@ def warn_if_emulated_bf16() -> None:
 @functools.cache
 def _warn_emulated_bf16() -> None:
     # Without AVX-512-bf16/AMX oneDNN emulates bf16, ~16x slower than fp32 in a 512^3 matmul
-    # on an AVX2-only EPYC; fp32 changes the numbers slightly, so it stays the user's call.
+    # on an AVX2-only EPYC; only an explicit bf16 gets here (auto resolves to fp32).
     import torch
 
     log.warning("bf16 on a CPU without AVX-512-bf16 or AMX (%s): bf16 matmuls are emulated, far slower than "
-                "fp32; consider fp32 (`-S train.precision=fp32 -S generate.precision=fp32`, "
-                "`matcher.precision: float32`; results then differ slightly from bf16 runs)",
+                "fp32; `precision: auto` (the default of train, generate and matcher) picks fp32 here",
                 torch.backends.cpu.get_cpu_capability())
 
 
