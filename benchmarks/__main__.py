@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import measures, speed
+from benchmarks import measures, projection, speed
 from benchmarks.scale import PREPROCESSING, bench_scale, growth
 from pipeline import stage_times
 
@@ -98,6 +98,8 @@ def render(results: dict) -> str:
         ("two 1-thread processes vs one 2-thread process (MLE steps, 2 jobs)", "two_processes_vs_one_speedup", "x"),
         ("GCL fine-tune wall / its reference's MLE run wall (stage times)", "gcl_run_vs_mle_run_wall", ""),
         ("one-seed dvc repro from scratch (minutes)", "one_seed_repro_minutes", ""),
+        ("full 3-seed DAG on this CPU, projected from stage times and step costs (minutes)",
+         "projected_full_repro_minutes", ""),
         ("make test (seconds, fresh clone)", "test_suite_seconds", ""),
         ("BM25 candidate pools vs rank_bm25 get_scores loop", "bm25_speedup", "x"),
         ("  top-10 agreement with rank_bm25", "bm25_top10_agreement", ""),
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scales", default="1,3,9", help="replication factors, e.g. 1,3,9 ('' skips)")
     ap.add_argument("--sample", type=int, default=400, help="queries/examples timed on the slow paths")
     ap.add_argument("--only", default="",
-                    help="comma-separated subset: stage_times,encoder,scoring,decoding,gcl_validation,threads,bm25,labelling,"
+                    help="comma-separated subset: stage_times,encoder,scoring,decoding,gcl_validation,threads,projection,bm25,labelling,"
                          "train,parity,gcl,pruning,noop,scale,one_seed_repro,full_repro "
                          "(one_seed_repro and full_repro only when named: they run the pipeline in a scratch clone)")
     ap.add_argument("--out", default="reports/benchmarks")
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         ("decoding", speed.decoding),
         ("gcl_validation", speed.gcl_validation),
         ("threads", speed.threads),
+        ("projection", projection.projection),
         ("bm25", lambda: measures.bm25(args.sample)),
         ("labelling", lambda: measures.labelling(args.sample)),
         ("train", measures.training),

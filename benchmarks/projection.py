@@ -1,0 +1,60 @@
+"""The full DAG's wall time on this machine, projected from what was measured here.
+
+``python -m benchmarks --only projection``: each MLE run's seconds per training step on this
+CPU (``precision: auto``, the torch threads a stage gets), times the optimizer steps the
+committed runs took to converge (reports/training/<run>/seed<K>.json), plus one validation
+pass per epoch; the other stages from their measured stage-time records
+(reports/stage_times.json, one seed), times the number of instances in the committed DAG.
+A projection, not a measurement: it assumes every seed converges in the committed number of
+steps, and per-step costs measured on a few batches."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pipeline.io import resolve_precision
+
+MLE_RUNS = ("seq2seq", "gpmn", "postks", "pednet", "seq2seq_history", "hred_history", "hran_history",
+            "transformer_history", "seq2seq_history_cvae", "seq2seq_history_dialogwae", "seq2seq_history_backward",
+            "seq2seq_history_lm")
+# stage kind -> (a measured instance of it, instances in the committed 3-seed DAG besides training)
+OTHERS = {
+    "reference_scores@seq2seq_history-1": 15, "train_gcl@seq2seq_history-1": 15 + 6,  # + DeepRL, adversarial
+    "generate@seq2seq_history-1": 48 + 15 + 6, "evaluate@seq2seq_history-1": 69 + 2,
+}
+PREPROCESSING = ("fetch", "prepare", "embeddings", "pmi", "persona_labels", "congeneric", "groups", "msn",
+                 "matcher", "score_groups", "select_groups")
+
+
+def step_seconds(run: str, steps: int = 5) -> float:
+    from benchmarks.measures import _step, _training_setup
+
+    model, optimizer, ds, batches, cfg = _training_setup(run, steps, resolve_precision("auto", "cpu"))
+    model.train()
+    batches = [ds.collate(i) for i in batches]
+    _step(model, optimizer, batches[0], cfg)
+    start = time.perf_counter()
+    for batch in batches[1:]:
+        _step(model, optimizer, batch, cfg)
+    return (time.perf_counter() - start) / (len(batches) - 1)
+
+
+def projection(seeds=(1, 2, 3), validation_share: float = 0.15) -> tuple[dict, dict]:
+    records = json.loads(Path("reports/stage_times.json").read_text())["stages"]
+    runs = {}
+    for run in MLE_RUNS:
+        steps = [json.loads(p.read_text())["steps"] for k in seeds
+                 if (p := Path("reports/training") / run / f"seed{k}.json").exists()]
+        s = step_seconds(run)
+        runs[run] = {"seconds_per_step": round(s, 3), "committed_steps": steps,
+                     "minutes": round(sum(steps) * s * (1 + validation_share) / 60, 1)}
+    mle = sum(r["minutes"] for r in runs.values())
+    pre = sum(records[s]["wall_seconds"] for s in PREPROCESSING if s in records) / 60
+    others = {s: round(records[s]["wall_seconds"] * n / 60, 1) for s, n in OTHERS.items() if s in records}
+    total = mle + pre + sum(others.values())
+    return ({"projected_full_repro_minutes": round(total, 0)},
+            {"mle_runs": runs, "mle_minutes": round(mle, 1), "preprocessing_minutes": round(pre, 1),
+             "other_stages_minutes": others, "validation_share": validation_share,
+             "note": "3 seeds, one dvc repro process (2 threads); from reports/stage_times.json and the committed steps"})
