@@ -32,10 +32,15 @@ def stale_stages(root: str | Path = ".", exclude: tuple[str, ...] = ()) -> dict[
     out: dict[str, list[str]] = {}
     with Repo(str(root)) as repo:
         repo.lock = LockNoop()  # read-only; dvc repro may hold the real lock (the report stage)
-        for stage, entries in repo.status().items():
+        statuses = {}
+        with repo.lock:  # the no-op lock, "held" as Stage.status requires
+            for stage in repo.index.stages:
+                # one stage at a time, the excluded ones never: a running stage holds the write
+                # lock of its outputs, which a status of it would fail on
+                if stage.addressing not in exclude:
+                    statuses.update(stage.status())
+        for stage, entries in statuses.items():
             name = stage.split(":", 1)[-1]  # "dvc.yaml:train@seq2seq-1" -> the address
-            if name in exclude:
-                continue
             why = []
             for entry in entries:
                 if isinstance(entry, str):  # "changed command", "always changed"

@@ -129,9 +129,9 @@ def provenance() -> str:
 
     try:
         stale = stale_stages(exclude=("report",))
-    except Exception as e:  # not a DVC repository (a hand run elsewhere): say so, do not fail
-        log.warning("cannot list stale stages (%s)", e)
-        return f"Produced at commit `{head_commit()}`; stale stages unknown (not run inside a DVC repository)."
+    except Exception as e:  # e.g. not a DVC repository (a hand run elsewhere): say so, do not fail
+        log.warning("cannot list stale stages (%s: %s)", type(e).__name__, e)
+        return f"Produced at commit `{head_commit()}`; the stale stages could not be listed ({type(e).__name__})."
     where = "" if not stale else f" ({', '.join(list(stale)[:5])}{', ...' if len(stale) > 5 else ''})"
     return (f"Produced at commit `{head_commit()}` with the `dvc.lock` of that run; {len(stale)} stage(s) were "
             f"stale against the working tree when it ran{where}: `python -m pipeline.staleness` lists them now.")

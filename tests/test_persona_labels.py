@@ -105,7 +105,7 @@ def test_bad_encoder_is_a_clear_input_error(tmp_path):
         pl.load_encoder(str(tmp_path))  # a directory without a model
     with pytest.raises(InputError, match="persona_labels.layer: 9 is out of range"):
         pl.load_encoder(pl.BUNDLED, layer=9)
-    with pytest.raises(InputError, match="persona_labels.precision: expected one of float32, bfloat16, got 'float16'"):
+    with pytest.raises(InputError, match="persona_labels.precision: expected one of auto, float32, bfloat16, got 'float16'"):
         pl.load_encoder(pl.BUNDLED, precision="float16")
 
 
