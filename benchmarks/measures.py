@@ -165,7 +165,8 @@ def _training_setup(model_name: str, steps: int, precision: str | None = None):
     vocab, emb = load_vocab_and_embeddings(Path("data"))
     train_ds = load_split("train", vocab, cls.data_config(mparams), Path("data"))
     torch.manual_seed(cfg.seed)
-    model = build_model(arch, mparams, ModelContext.from_vocab(vocab, emb, train_ds))
+    idf = Path("data") / "persona_idf" / "idf.tsv"  # GPMN's idf table, as pipeline.train passes it
+    model = build_model(arch, mparams, ModelContext.from_vocab(vocab, emb, train_ds, idf))
     g = torch.Generator().manual_seed(cfg.seed)
     batches = batch_indices(train_ds.lengths(), cfg.batch_size, g, cfg.bucket)[: steps + 1]
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)

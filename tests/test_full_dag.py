@@ -39,7 +39,7 @@ SEEDS = [1]
 TINY_DAG = {
     "seeds": SEEDS,
     "model": {"hidden": 16, "max_context_tokens": 20, "max_response_tokens": 12},
-    "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "checkpoint_every": 2, "log_every": 2},
+    "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "checkpoint_every": 20, "log_every": 5},
     "postks": {"train": {"epochs": 2}},
     "pednet": {"k": 3},
     "msn": {"max_utterances": 3, "max_words": 16, "dim": 8, "selector_hidden": 2, "channels": [2, 2, 2],
@@ -63,7 +63,9 @@ TINY_DAG = {
     "adversarial": {"hidden": 8, "d_pretrain_steps": 2, "max_len": 6},
     "mmi": {"n_best": 3},
     "generate": {"max_len": 8},
-    "report": {"case_studies": 1},
+    "report": {"case_studies": 1, "bootstrap": 50},
+    # the MiniLM matcher: a few steps of tiny batches (its default fine-tunes 40 steps of 32)
+    "matcher": {"max_steps": 2, "batch_size": 4, "max_context_length": 32, "max_response_length": 16},
 }
 
 
@@ -151,7 +153,7 @@ def test_killed_training_stage_resumes_under_dvc_repro(tmp_path):
     """SIGKILL `dvc repro train@pednet-1` between checkpoints; the rerun resumes from last.pt
     and ends with the checkpoints and generations of an uninterrupted run."""
     stage = ["train@pednet-1", "generate@pednet-1"]
-    longer = {"train": {**TINY_DAG["train"], "epochs": 3}}
+    longer = {"train": {**TINY_DAG["train"], "epochs": 3, "checkpoint_every": 2}}  # checkpoints to kill between
     reference = project(tmp_path / "ref", **longer)
     run(["dvc", "repro", *stage], reference)
     repo = project(tmp_path / "killed", **longer)
