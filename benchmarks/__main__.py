@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -89,6 +88,12 @@ def full_repro(seeds: list[int] | None = None) -> dict:
             f"{key}_stage_times": records["by_kind"]}
 
 
+def measured_on() -> str:
+    """The CPU (and its kernel level), the torch threads and the day: beside every measure."""
+    return (f"{stage_times.cpu_model()} ({measures.torch.backends.cpu.get_cpu_capability()}), "
+            f"{os.cpu_count()} cores, torch threads {measures.torch_threads()}, {time.strftime('%Y-%m-%d')}")
+
+
 def render(results: dict) -> str:
     rows = [
         ("MLE training step, multi-turn Seq2Seq: padded vs packed encoder GRU", "encoder_step_speedup_history", "x"),
@@ -135,6 +140,10 @@ def render(results: dict) -> str:
                   "Collected by `python -m benchmarks --only stage_times` from the records every stage writes "
                   "when it runs (reports/stage_times.json has each instance).", "",
                   *stage_times.render(results["stage_times"])]
+    if results.get("measured_on"):
+        lines += ["", "## Where each measure was taken", "",
+                  "Measures of earlier runs keep their machine; a measure without an entry predates this record.", "",
+                  *(f"- `{name}`: {where}" for name, where in sorted(results["measured_on"].items()))]
     lines += ["", "## Details", "", "```json", json.dumps(results.get("details", {}), indent=2), "```"]
     if results.get("scale"):
         factors = sorted({f for runs in results["scale"].values() for f in runs}, key=lambda f: int(f[1:]))
@@ -166,8 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     # A partial run (--only) keeps the other measures of the previous run.
     previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
-    results: dict = {**previous, "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
-                                            f"{measures.torch_threads()}",
+    results: dict = {**previous, "machine": measured_on(),
                      "details": dict(previous.get("details", {}))}
     if want("stage_times"):
         collected = stage_times.collect()
@@ -177,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
             results["stage_times"] = {"by_kind": collected["by_kind"],
                                       "stages": {k: {"cpu": v.get("cpu")} for k, v in collected["stages"].items()}}
             results.update(stage_times.ratios(collected))
+            cpus = sorted({r.get("cpu") for r in collected["stages"].values() if r.get("cpu")})
+            results.setdefault("measured_on", {})["stage_times"] = f"stage records of {', '.join(cpus)}"
         else:
             print(f"[benchmarks] stage_times: no records in {stage_times.records_dir()}", file=sys.stderr)
     steps = [
@@ -199,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
             headline, details = fn()
             results.update(headline)
             results["details"][name] = details
+            results.setdefault("measured_on", {})[name] = measured_on()
             print(f"[benchmarks] {name}: {json.dumps(headline)} {json.dumps(details)}", file=sys.stderr)
             save(out, results)  # a later step's failure keeps this one
     if want("noop"):
