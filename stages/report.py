@@ -132,9 +132,13 @@ def provenance() -> str:
     except Exception as e:  # e.g. not a DVC repository (a hand run elsewhere): say so, do not fail
         log.warning("cannot list stale stages (%s: %s)", type(e).__name__, e)
         return f"Produced at commit `{head_commit()}`; the stale stages could not be listed ({type(e).__name__})."
-    where = "" if not stale else f" ({', '.join(list(stale)[:5])}{', ...' if len(stale) > 5 else ''})"
-    return (f"Produced at commit `{head_commit()}` with the `dvc.lock` of that run; {len(stale)} stage(s) were "
-            f"stale against the working tree when it ran{where}: `python -m pipeline.staleness` lists them now.")
+    if not stale:
+        return (f"Generated at commit `{head_commit()}`; every stage's recorded code, data and params matched "
+                "that tree (`dvc.lock`): the numbers below follow from it.")
+    shown = ", ".join(list(stale)[:5]) + (", ..." if len(stale) > 5 else "")
+    return (f"Generated at commit `{head_commit()}`; **{len(stale)} stage(s) were stale** when it ran ({shown}): "
+            "their recorded code, data or params differ from that tree, so their numbers come from older code. "
+            "`python -m pipeline.staleness` lists them.")
 
 
 def main() -> None:

@@ -117,6 +117,8 @@ def test_every_model_is_trained_decoded_evaluated_and_reported(full):
     assert set(training["pednet"]["seeds"]) == {f"seed{k}" for k in SEEDS}
     results = (full / "reports" / "results.md").read_text()
     assert "not run" not in results and "PEDNet + GCL" in results
+    # provenance under the title: the commit, and no stage stale (the DAG was just reproduced)
+    assert results.startswith("# Results\n\nGenerated at commit `") and "every stage's recorded code" in results
 
     shown = run(["dvc", "metrics", "show", "--json"], full).stdout
     for path in ("reports/metrics/pednet_gcl/seed1.json", "reports/metrics/constant/control.json",
