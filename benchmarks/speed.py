@@ -226,33 +226,18 @@ def _per_example(obj, model):
         obj.valid_batch = keep
 
 
-def _packed_encoder_forward(self, x, mask):
-    """The encoder as it was (a packed bidirectional GRU): the 'before' of ``encoder``."""
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-    from pipeline.models.layers import run_gru
-
-    b, length, _ = x.shape
-    lengths = mask.sum(1)
-    nonempty = lengths > 0
-    packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-    out, h = run_gru(self.gru, packed)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
-    h = h.view(self.config.layers, 2, b, -1).transpose(1, 2).reshape(self.config.layers, b, -1)
-    return out * nonempty.view(b, 1, 1).to(out.dtype), h * nonempty.view(1, b, 1).to(h.dtype)
-
-
 def encoder(runs=("seq2seq_history", "hred_history", "pednet", "seq2seq"), steps: int = 6,
             rounds: int = 2) -> tuple[dict, dict]:
     """MLE training steps (forward, backward, clip, Adam; ``precision: auto``) with the
-    encoder's bidirectional GRU packed (before) and on padded tensors (after): the same
-    batches and starting weights, blocks alternating, each figure the best block."""
+    encoder's bidirectional GRU always packed (before) and as the Encoder chooses now (after:
+    padded from ``layers.PADDED_GRU_FROM`` tokens): the same batches and starting weights,
+    blocks alternating, each figure the best block."""
     import copy
 
     from benchmarks.measures import _step, _training_setup
-    from pipeline.models.layers import Encoder
+    from pipeline.models import layers
 
-    after_forward = Encoder.forward
+    chosen = layers.PADDED_GRU_FROM
     details = {}
     for run in runs:
         model, _, ds, batches, cfg = _training_setup(run, steps, resolve_precision("auto", "cpu"))
@@ -262,8 +247,8 @@ def encoder(runs=("seq2seq_history", "hred_history", "pednet", "seq2seq"), steps
         best = {"packed": float("inf"), "padded": float("inf")}
         try:
             for _ in range(rounds):
-                for name, forward in (("packed", _packed_encoder_forward), ("padded", after_forward)):
-                    Encoder.forward = forward
+                for name, threshold in (("packed", 10**9), ("padded", chosen)):
+                    layers.PADDED_GRU_FROM = threshold
                     model.load_state_dict(start_state)
                     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
                     _step(model, optimizer, batches[0], cfg)
@@ -272,7 +257,7 @@ def encoder(runs=("seq2seq_history", "hred_history", "pednet", "seq2seq"), steps
                         _step(model, optimizer, batch, cfg)
                     best[name] = min(best[name], (time.perf_counter() - start) / (len(batches) - 1))
         finally:
-            Encoder.forward = after_forward
+            layers.PADDED_GRU_FROM = chosen
         details[run] = {"seconds_per_step": {k: round(v, 3) for k, v in best.items()},
                         "speedup": round(best["packed"] / best["padded"], 2), "batch_size": cfg.batch_size}
     return {"encoder_step_speedup_history": details[runs[0]]["speedup"]}, {"precision": resolve_precision("auto", "cpu"),
