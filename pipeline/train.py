@@ -549,12 +549,11 @@ def train(
     a ``checkpoint_dir`` given): epochs, steps, best validation
     PPL, LR decays and why training stopped. Returns a summary dict (rank 0's view)."""
     run = run_name or model_name
-    seed_of = seed if seed is not None else train_params(all_params, run).get("seed", TrainConfig.seed)
-    # Outside the default layout (tests, notebooks) the record goes beside the checkpoints.
-    record_path = Path(record_path or (training_record_path(run, seed_of) if checkpoint_dir is None
-                                       else Path(checkpoint_dir) / "training.json"))
     s, finished, d = _open_session(model_name, all_params, run, Path(data_dir), checkpoint_dir, live_dir, objective,
                                    fingerprint_extra, init_from, seed)
+    # Outside the default layout (tests, notebooks) the record goes beside the checkpoints.
+    record_path = Path(record_path or (training_record_path(run, s.cfg.seed if s else finished["seed"])
+                                       if checkpoint_dir is None else Path(checkpoint_dir) / "training.json"))
     if s is None:  # finished before with these params and data
         if d.main:
             write_json(finished, record_path)
