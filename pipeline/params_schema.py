@@ -211,7 +211,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "prepare": {
         "persona": Choice("self", "other", "both", "none"), "variant": Choice("original", "revised"),
         "candidates": Bool(), "min_response_tokens": Int(min=0), "max_vocab": Int(min=7),  # >= the 7 specials
-        "min_count": Int(min=1),
+        "min_count": Int(min=1), "max_utterance_chars": Int(min=1),
         "duplicates": Choice("error", "drop", "keep"), "no_persona": Choice("error", "drop", "keep"),
     },
     "embeddings": {

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 RAW = Path("data/raw")
 OUT = Path("data/prepared")
+MAX_UTTERANCE_CHARS = 1000  # prepare.max_utterance_chars' default
 
 
 def split_file(raw: Path, split: str, p: dict, sources: dict | None = None) -> Path:
@@ -60,8 +61,12 @@ def main() -> None:
         read = parlai.read_dialogues(path, name)
         dialogues, warnings = parlai.check_dialogues(
             read, name, p["persona"], p.get("duplicates", "error"), p.get("no_persona", "error"))
+        warnings += parlai.cut_overlong(dialogues, name, p.get("max_utterance_chars", MAX_UTTERANCE_CHARS))
         for w in warnings:
             log.warning("%s", w)
+        if silent := parlai.silent_responses(dialogues):
+            log.info("%s: %d bot responses are __SILENCE__ (the first at line %d): no row, not in the history",
+                     name, len(silent), silent[0].line)
         table = parlai.examples(dialogues, split)
         short = parlai.short_response_mask(table, p["min_response_tokens"])
         kept = table.filter(pa.array([not s for s in short]))

@@ -74,6 +74,38 @@ def test_good_file_rows(tmp_path):
     assert all(x["candidates"] == [] and x["partner_persona"] == [] for x in r)
 
 
+def test_silent_bot_response_gets_no_row_and_stays_out_of_the_history(tmp_path):
+    data = ("1 your persona: i like tea.\n"
+            "2 hello !\t__SILENCE__\n"
+            "3 are you there ?\tyes , sorry , i was making tea\n"
+            "4 what kind ?\tgreen tea\n")
+    d = parse(tmp_path, data)
+    assert [t.line for t in parlai.silent_responses(d)] == [2]
+    r = parlai.examples(d, "train").to_pylist()
+    assert [x["example_id"] for x in r] == ["train-00000-01", "train-00000-02"]  # no row for turn 0
+    assert r[0]["history"] == ["hello !"]  # the partner's words stay, the silence does not
+    assert r[1]["history"] == ["hello !", "are you there ?", "yes , sorry , i was making tea"]
+    assert all(SILENCE not in x["history"] and x["response"] != SILENCE for x in r)
+
+
+def test_overlong_utterances_are_cut_with_a_named_warning(tmp_path):
+    long = " ".join(f"w{i}" for i in range(30_000))  # ~170,000 characters
+    data = ("1 your persona: i like tea.\n"
+            f"2 hello\t{long}\n"
+            f"3 {long}\tgreen tea\n"
+            "4 ok\tfine then\n")
+    d = parse(tmp_path, data)
+    warnings = parlai.cut_overlong(d, "train.txt", 1000)
+    assert len(warnings) == 1
+    assert warnings[0] == (f"train.txt: 2 overlong utterances (over prepare.max_utterance_chars=1000 characters; "
+                           f"the first at line 2, {len(long)} characters): cut to 1000 characters")
+    assert all(len(t.query) <= 1000 and len(t.response) <= 1000 for t in d[0].turns)
+    assert d[0].turns[0].response.startswith("w0 w1 ") and not d[0].turns[0].response.endswith(" ")
+    assert d[0].turns[0].response.split()[-1] in long.split()  # cut at a word boundary
+    assert d[0].turns[2].response == "fine then"
+    assert parlai.cut_overlong(parse(tmp_path, GOOD), "x", 1000) == []
+
+
 def test_table_has_the_prepared_schema(tmp_path):
     assert parlai.examples(parse(tmp_path, GOOD), "valid").schema.equals(PREPARED)
 

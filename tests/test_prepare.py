@@ -138,6 +138,19 @@ def test_bad_param_value(repo):
 # --- vocabulary -------------------------------------------------------------------------
 
 
+def test_overlong_and_silent_lines_are_logged(repo, caplog):
+    path = repo / "data/raw/train_self_original_no_cands.txt"
+    long = "word " * 20_000  # 100,000 characters
+    path.write_text(path.read_text() + f"1 your persona: i like tea.\n2 hello !\t__SILENCE__\n3 hi\t{long}\n")
+    with caplog.at_level(logging.INFO):
+        prepare.main()
+    assert ("1 overlong utterance (over prepare.max_utterance_chars=1000 characters; the first at line "
+            in caplog.text)
+    assert "1 bot responses are __SILENCE__" in caplog.text and "no row, not in the history" in caplog.text
+    train = pq.read_table(repo / "data/prepared/train.parquet").to_pylist()
+    assert all(SILENCE not in r["history"] for r in train)
+
+
 def test_vocab_order_limits_and_specials():
     counts = Counter({"b": 3, "a": 3, "c": 5, "d": 1, SILENCE: 2})
     vocab = build_vocab(counts, max_size=len(SPECIALS) + 3).to_pydict()

@@ -318,8 +318,11 @@ def examples(dialogues: list[Dialogue], split: str) -> pa.Table:
     """One row per bot turn, PEDNet-normalised (methods §1), in ``schema.PREPARED`` layout.
 
     ``history`` holds every utterance before the query (both speakers, oldest first), so a
-    multi-turn context is ``history + [query]``; ``__SILENCE__`` is the query of an opening
-    bot turn and never enters the history.
+    multi-turn context is ``history + [query]``. ``__SILENCE__`` is ParlAI's "this speaker
+    said nothing": as a query it opens a bot-first dialogue (the row's query is
+    ``schema.SILENCE``, which no context shows); as a bot response it is no turn to learn,
+    so it gets no row. Either way it never enters the history (``silent_responses`` counts
+    the second kind for prepare's log).
     """
     cols: dict[str, list] = {name: [] for name in PREPARED.names}
     for d, dialogue in enumerate(dialogues):
@@ -330,6 +333,10 @@ def examples(dialogues: list[Dialogue], split: str) -> pa.Table:
         for t, turn in enumerate(dialogue.turns):
             silent = is_silence(turn.query)
             query = SILENCE if silent else normalize(turn.query)
+            if is_silence(turn.response):
+                if not silent:
+                    history.append(query)
+                continue
             response = normalize(turn.response)
             cols["example_id"].append(f"{dialogue_id}-{t:02d}")
             cols["dialogue_id"].append(dialogue_id)
@@ -344,6 +351,42 @@ def examples(dialogues: list[Dialogue], split: str) -> pa.Table:
                 history.append(query)
             history.append(response)
     return pa.Table.from_pydict(cols, schema=PREPARED)
+
+
+def cut_overlong(dialogues: list[Dialogue], path: str | os.PathLike, max_chars: int) -> list[str]:
+    """Cut every utterance and persona sentence longer than ``max_chars`` characters
+    (``prepare.max_utterance_chars``) at the last space before the limit, in place; the
+    warning names their count, the first line and the param. Unbounded text would otherwise
+    reach normalisation and vocabulary whole (a 100,000-character line is a corrupt file, not
+    a turn; the shared slice's longest is 117)."""
+    first: tuple[int, int] | None = None
+    count = 0
+
+    def cut(text: str, line: int) -> str:
+        nonlocal first, count
+        if len(text) <= max_chars:
+            return text
+        count += 1
+        first = first or (line, len(text))
+        head = text[:max_chars]
+        return head[: head.rfind(" ")] if " " in head.strip() else head
+
+    for d in dialogues:
+        d.persona = [cut(x, d.line) for x in d.persona]
+        d.partner_persona = [cut(x, d.line) for x in d.partner_persona]
+        for t in d.turns:
+            t.query, t.response = cut(t.query, t.line), cut(t.response, t.line)
+            t.candidates = [cut(c, t.line) for c in t.candidates]
+    if not count:
+        return []
+    return [f"{path}: {count} overlong utterance{'s' * (count > 1)} (over prepare.max_utterance_chars="
+            f"{max_chars} characters; the first at line {first[0]}, {first[1]} characters): cut to "
+            f"{max_chars} characters"]
+
+
+def silent_responses(dialogues: list[Dialogue]) -> list[Turn]:
+    """Bot turns whose response is ``__SILENCE__`` (``examples`` gives them no row)."""
+    return [t for d in dialogues for t in d.turns if is_silence(t.response)]
 
 
 def _persona(sentences: list[str]) -> list[str]:
