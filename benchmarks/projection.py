@@ -41,20 +41,39 @@ def step_seconds(run: str, steps: int = 5) -> float:
     return (time.perf_counter() - start) / (len(batches) - 1)
 
 
-def projection(seeds=(1, 2, 3), validation_share: float = 0.15) -> tuple[dict, dict]:
+VALIDATION_SHARE = 0.15  # one validation pass per epoch, as a share of the epoch's training steps
+
+
+def dag_minutes(mle_runs: dict, preprocessing_seconds: float, other_seconds: dict,
+                validation_share: float = VALIDATION_SHARE) -> dict:
+    """The whole DAG's minutes from its parts: ``mle_runs`` run -> {"seconds_per_step",
+    "committed_steps": [steps of each seed]} (each run's "minutes" is filled in), the
+    preprocessing stages' summed seconds, and ``other_seconds``: OTHERS key -> seconds of one
+    instance (times OTHERS' instance count). Used by `projection` and by the scale benchmark."""
+    for r in mle_runs.values():
+        r["minutes"] = round(sum(r["committed_steps"]) * r["seconds_per_step"] * (1 + validation_share) / 60, 1)
+    mle = sum(r["minutes"] for r in mle_runs.values())
+    others = {s: round(other_seconds[s] * n / 60, 1) for s, n in OTHERS.items() if s in other_seconds}
+    pre = preprocessing_seconds / 60
+    return {"total_minutes": round(mle + pre + sum(others.values()), 0), "mle_runs": mle_runs,
+            "mle_minutes": round(mle, 1), "preprocessing_minutes": round(pre, 1), "other_stages_minutes": others,
+            "validation_share": validation_share}
+
+
+def committed_steps(run: str, seeds=(1, 2, 3)) -> list[int]:
+    """The optimizer steps each committed seed of ``run`` took (reports/training)."""
+    return [json.loads(p.read_text())["steps"] for k in seeds
+            if (p := Path("reports/training") / run / f"seed{k}.json").exists()]
+
+
+def projection(seeds=(1, 2, 3), validation_share: float = VALIDATION_SHARE) -> tuple[dict, dict]:
     records = json.loads(Path("reports/stage_times.json").read_text())["stages"]
-    runs = {}
-    for run in MLE_RUNS:
-        steps = [json.loads(p.read_text())["steps"] for k in seeds
-                 if (p := Path("reports/training") / run / f"seed{k}.json").exists()]
-        s = step_seconds(run)
-        runs[run] = {"seconds_per_step": round(s, 3), "committed_steps": steps,
-                     "minutes": round(sum(steps) * s * (1 + validation_share) / 60, 1)}
-    mle = sum(r["minutes"] for r in runs.values())
-    pre = sum(records[s]["wall_seconds"] for s in PREPROCESSING if s in records) / 60
-    others = {s: round(records[s]["wall_seconds"] * n / 60, 1) for s, n in OTHERS.items() if s in records}
-    total = mle + pre + sum(others.values())
-    return ({"projected_full_repro_minutes": round(total, 0)},
-            {"mle_runs": runs, "mle_minutes": round(mle, 1), "preprocessing_minutes": round(pre, 1),
-             "other_stages_minutes": others, "validation_share": validation_share,
-             "note": "3 seeds, one dvc repro process (2 threads); from reports/stage_times.json and the committed steps"})
+    runs = {run: {"seconds_per_step": round(step_seconds(run), 3), "committed_steps": committed_steps(run, seeds)}
+            for run in MLE_RUNS}
+    pre = sum(records[s]["wall_seconds"] for s in PREPROCESSING if s in records)
+    dag = dag_minutes(runs, pre, {s: records[s]["wall_seconds"] for s in OTHERS if s in records}, validation_share)
+    return ({"projected_full_repro_minutes": dag["total_minutes"]},
+            {k: dag[k] for k in ("mle_runs", "mle_minutes", "preprocessing_minutes", "other_stages_minutes",
+                                 "validation_share")}
+            | {"note": "3 seeds, one dvc repro process (2 threads); from reports/stage_times.json and the committed "
+                       "steps"})
