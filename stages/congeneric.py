@@ -1,4 +1,8 @@
-"""Stage `congeneric`: the k_max training X~ most similar to every X~ -> data/congeneric/{split}.parquet."""
+"""Stage `congeneric`: the k_max training X~ most similar to every X~ -> data/congeneric/{split}.parquet.
+
+Quadratic in the corpus: every X~ of every split is scored against every training X~
+(all-pairs TF-IDF cosine, in blocks of queries), so N times the examples cost ~N^2 time.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 Each split is retrieved within itself: training pairs get training candidates (the groups
 GCL trains on), valid pairs valid candidates (the groups of the validation contrastive loss
 that selects GCL checkpoints, as the authors' code does).
+
+Quadratic in the corpus: every context is scored against every other context of its split
+(all-pairs BM25, in blocks of queries; memory block x N), so N times the pairs cost ~N^2 time.
 """
 
 from __future__ import annotations
