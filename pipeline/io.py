@@ -60,9 +60,9 @@ def load_params(section: str | None = None, path: str | os.PathLike = PARAMS_FIL
         else:
             params_schema.validate(section, params[section])
     except InputError as e:
-        if e.path != str(path):  # another params file (e.g. pipeline.chat --params)
-            raise InputError(path, e.message) from None
-        raise
+        keys = getattr(e, "keys", None)
+        line = params_schema.line_of(path, keys) if keys else e.line
+        raise InputError(path, e.message, line=line) from None
     return params if section is None else params[section]
 
 

@@ -12,6 +12,7 @@ nothing heavy: the choices are written out here, not imported from the torch mod
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
 from collections.abc import Callable, Mapping
@@ -373,7 +374,37 @@ def _show(value: Any) -> str:
 
 
 def _error(where: str, problem: str) -> InputError:
-    return InputError(PARAMS, f"{where}: {problem}")
+    error = InputError(PARAMS, f"{where}: {problem}")
+    error.keys = where  # the dotted path, for ``line_of`` (pipeline.io.load_params adds the line)
+    return error
+
+
+def _unknown(where: str, what: str, name: Any, known) -> InputError:
+    """``<where>: unknown <what>, did you mean 'x'?``: the closest known name (difflib),
+    else the list of known names."""
+    close = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.7)
+    hint = f", did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(known))})"
+    return _error(where, f"unknown {what}{hint}")
+
+
+def line_of(path: str | Path, keys: str) -> int | None:
+    """The line (1-based) of the dotted key path ``keys`` in a YAML file, as far down as it
+    exists there (the section's line when the key was set by ``-S`` elsewhere)."""
+    import yaml
+
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if k.value == key), None)
+        if match is None:
+            break
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
 
 
 def _check(where: str, values: Any, schema: Mapping[str, Spec], cross_section: str | None = None) -> None:
@@ -384,7 +415,7 @@ def _check(where: str, values: Any, schema: Mapping[str, Spec], cross_section: s
     for key, value in values.items():
         spec = schema.get(key)
         if spec is None:
-            raise _error(f"{where}.{key}", f"unknown key (known: {', '.join(sorted(schema))})")
+            raise _unknown(f"{where}.{key}", "key", key, schema)
         if (expected := spec.problem(value)) is not None:
             if isinstance(spec, Encoder) and isinstance(value, str) and value.strip():
                 raise _error(f"{where}.{key}", expected)  # already says what was given
@@ -420,7 +451,7 @@ def config_from(cls: type, section: str, params: Mapping) -> Any:
     validate(section, params)
     known = {f.name for f in fields(cls)}
     if unknown := sorted(set(params) - known):
-        raise _error(f"{section}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})")
+        raise _unknown(f"{section}.{unknown[0]}", "key", unknown[0], known)
     return cls(**params)
 
 
@@ -430,11 +461,21 @@ def validate_seeds(seeds: Any) -> None:
         raise _error("seeds", f"expected {spec.expected}, got {_show(seeds)}")
 
 
-def validate_all(params: Mapping) -> None:
-    """Every section of a whole params.yaml that has a schema, ``seeds``, the runs and the
-    GCL variants; other sections pass."""
+KNOWN_SECTIONS = ("seeds", *SCHEMA, *RUNS)
+
+
+def validate_all(params: Mapping, require: tuple[str, ...] = ()) -> None:
+    """A whole params.yaml: every section, each one ``seeds``, one with a schema (SCHEMA), a
+    run of RUNS, a GCL variant (``<gcl run>_<name>``) or a new run (a section with a ``model``
+    key). Any other section is a typo: named, with the closest known one. ``require``: the
+    sections that must be there (stages.check_params requires ``seeds``)."""
     if not isinstance(params, Mapping):
         raise InputError(PARAMS, f"expected a mapping of sections, got {_show(params)}")
+    for section in require:
+        if section not in params:
+            raise _error(section, "missing section" + (" (the training seeds, e.g. seeds: [1, 2, 3])"
+                                                       if section == "seeds" else ""))
     for section, values in params.items():
-        if section == "seeds" or section in SCHEMA or is_run(section, values):
-            validate(section, values)
+        if not (section == "seeds" or section in SCHEMA or is_run(section, values)):
+            raise _unknown(str(section), "section", section, KNOWN_SECTIONS)
+        validate(section, values)

@@ -55,6 +55,9 @@ def test_model_param_change_reruns_no_preprocessing(built):
     set_params(built, {"generate": {"max_len": 7}})
     out = run(["dvc", "status", *PREPROCESSING], built).stdout
     assert "changed" not in out, out
+    # only the params check, which reads the whole file, reruns (in a second)
+    ran = [line for line in repro(built).stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'check_params':"], ran
 
 
 def test_outputs_are_byte_identical_when_forced(built):
@@ -88,7 +91,7 @@ def test_changing_a_stage_param_reruns_only_downstream(built):
     set_params(built, {"congeneric": {"k_max": 5}})
     out = repro(built).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"congeneric"}, out
+    assert ran == {"check_params", "congeneric"}, out
     set_params(built, {"congeneric": {"k_max": 20}})
     repro(built)
 
@@ -98,11 +101,11 @@ def test_shared_remote_lets_a_clone_skip_preprocessing(built, tmp_path):
     run(["dvc", "remote", "add", "-d", "shared", str(remote)], built)
     run(["git", "add", "-A"], built)
     run(["git", "commit", "-qm", "lock and remote"], built)
-    run(["dvc", "push", "--run-cache", *PREPROCESSING], built)
+    run(["dvc", "push", "--run-cache", "check_params", *PREPROCESSING], built)
 
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(built), str(clone)], tmp_path)
-    run(["dvc", "pull", "--run-cache", *PREPROCESSING], clone)  # models never ran here
+    run(["dvc", "pull", "--run-cache", "check_params", *PREPROCESSING], clone)  # models never ran here
     out = run(["dvc", "repro", *PREPROCESSING], clone).stdout
     assert "Running stage" not in out, out
     assert digests(clone) == digests(built)
@@ -139,3 +142,24 @@ def test_staleness_names_the_stages_whose_code_or_params_changed(built, monkeypa
     finally:
         code.write_text(saved[0])
         params.write_text(saved[1])
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"seeds": []}, "seeds: expected a non-empty list of distinct items, each an integer >= 0, got []"),
+    ({"seeds": [1, 1]}, "seeds: expected a non-empty list of distinct items, each an integer >= 0, got [1, 1]"),
+    ({"trian": {"epochs": 1}}, "trian: unknown section, did you mean 'train'?"),
+    ({"pmi": {"treshold": 0.5}}, "pmi.treshold: unknown key, did you mean 'threshold'?"),
+])
+def test_bad_params_stop_the_repro_before_any_stage(built, override, message):
+    params = built / "params.yaml"
+    saved = params.read_text()
+    set_params(built, override)
+    try:
+        proc = run(["dvc", "repro", *PREPROCESSING], built, check=False)
+        assert proc.returncode != 0
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: params.yaml:")]
+        assert len(errors) == 1 and errors[0].endswith(f": {message}"), proc.stderr
+        ran = [line for line in proc.stdout.splitlines() if line.startswith("Running stage")]
+        assert ran == ["Running stage 'check_params':"], proc.stdout
+    finally:
+        params.write_text(saved)

@@ -122,7 +122,8 @@ def test_wrong_type_out_of_range_and_unknown_key(section):
     message = one_error(section, {**real, range_key: out})
     assert message.startswith(f"{section}.{range_key}") and ("expected" in message or "must" in message), message
     message = one_error(section, {**real, unknown: 1})
-    assert message.startswith(f"{section}.{unknown}: unknown key (known: "), message
+    assert message.startswith(f"{section}.{unknown}: unknown key"), message
+    assert ", did you mean '" in message or " (known: " in message, message
 
 
 def test_keys_are_optional_and_partial_sections_pass():
@@ -171,7 +172,8 @@ def test_the_issues_cases_are_one_line_errors(tmp_path, section, key, value, mes
     for which in (section, None):  # the stage's own section, and the whole file (train, report)
         with pytest.raises(InputError) as e:
             load_params(which, path)
-        assert str(e.value) == f"{path}: {message}"
+        line = ps.line_of(path, message.split(":")[0])
+        assert line is not None and str(e.value) == f"{path}:{line}: {message}"
 
 
 def test_seeds_and_a_variant_are_checked(tmp_path):
@@ -183,9 +185,10 @@ def test_seeds_and_a_variant_are_checked(tmp_path):
                                          "hran, transformer, got 'gpt2'"):
         ps.validate_run("bad_variant", {"model": "gpt2"})
     ps.validate_run("a_transformer_run", {"model": "transformer", "heads": 8})
-    # an unlisted variant is checked when it is used, not whenever the file is read
+    # a section that is neither a known one, a GCL variant nor a run with a `model` is a typo
     path = write(tmp_path, bad_variant={"gcl": {"k": 0}})
-    assert load_params(path=path)["bad_variant"] == {"gcl": {"k": 0}}
+    with pytest.raises(InputError, match=r"bad_variant: unknown section \(known: "):
+        load_params(path=path)
     # a run's model keys depend on its architecture
     ps.validate_run("pednet_gcl", {"k": 5})
     with pytest.raises(InputError, match="seq2seq_history.k: unknown key"):
@@ -218,8 +221,9 @@ def test_a_stage_with_a_bad_param_prints_one_line_exits_2_and_writes_nothing(tmp
     r = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2
+    line = ps.line_of(tmp_path / "params.yaml", "prepare.min_response_tokens")
     assert r.stderr.splitlines() == [
-        "error: params.yaml: prepare.min_response_tokens: expected an integer >= 0, got 'abc'"], r.stderr
+        f"error: params.yaml:{line}: prepare.min_response_tokens: expected an integer >= 0, got 'abc'"], r.stderr
     assert r.stdout == ""
     assert os.listdir(tmp_path) == ["params.yaml"]
 
@@ -279,3 +283,35 @@ def test_choices_and_keys_match_the_code():
     assert {f.name for f in fields(AdversarialConfig)} == set(S["adversarial"])
     assert set(ps.MODEL_KEYS["cvae"]) == set(cvae.DEFAULTS) and set(ps.MODEL_KEYS["dialogwae"]) == set(dialogwae.DEFAULTS)
     assert tuple(ps.MODEL_KEYS["seq2seq_backward"]["source"].values) == seq2seq_backward.SOURCES
+
+
+@pytest.mark.parametrize("typo, closest", [("trian", "train"), ("gcll", "gcl"), ("seq2seq_histroy", "seq2seq_history"),
+                                           ("pednett", "pednet")])
+def test_unknown_section_names_the_closest(typo, closest):
+    params = {**REAL, typo: {"epochs": 1}}
+    with pytest.raises(InputError) as e:
+        ps.validate_all(params)
+    assert str(e.value) == f"params.yaml: {typo}: unknown section, did you mean {closest!r}?"
+
+
+def test_unknown_key_names_the_closest_and_its_line(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("  epochs:", "  epoch:", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if s.startswith("  epoch:"))
+    with pytest.raises(InputError) as e:
+        load_params(path=tmp_path / "params.yaml")
+    section = next(s for s in reversed(text.splitlines()[:line]) if s and not s[0].isspace()).rstrip(":")
+    assert str(e.value) == f"{tmp_path}/params.yaml:{line}: {section}.epoch: unknown key, did you mean 'epochs'?"
+    assert e.value.line == line
+
+
+def test_an_unlike_name_lists_the_known_ones():
+    with pytest.raises(InputError, match=r"^params.yaml: zzz: unknown section \(known: adversarial, "):
+        ps.validate_all({**REAL, "zzz": {}})
+    with pytest.raises(InputError, match=r"^params.yaml: train.qqqq: unknown key \(known: batch_size, "):
+        ps.validate("train", {"qqqq": 1})
+
+
+def test_seeds_are_required_by_the_whole_file():
+    with pytest.raises(InputError, match="seeds: missing section"):
+        ps.validate_all({k: v for k, v in REAL.items() if k != "seeds"}, require=("seeds",))
