@@ -118,12 +118,75 @@ def resolve_checkpoint(model: str, checkpoints: Path = CHECKPOINTS, seed: int = 
     run = checkpoints / model / f"seed{seed}" / "best.pt"
     if not run.exists():
         where = checkpoints.resolve()
+        how = train_hint(project or checkpoints.resolve().parent, model, seed)
         if not checkpoints.is_dir():
             raise InputError(run, f"no trained model {model!r}: looked in {where}, which does not exist "
-                                  "(run `dvc repro`, or give --model a checkpoint file)")
+                                  f"({how}, or give --model a checkpoint file)")
         known = sorted(f"{p.parent.parent.name} ({p.parent.name})" for p in checkpoints.glob("*/seed*/best.pt"))
-        raise InputError(run, f"no trained model {model!r} in {where} (trained: {', '.join(known) or 'none'})")
+        raise InputError(run, f"no trained model {model!r} in {where} (trained: {', '.join(known) or 'none'}; "
+                              f"{how})")
     return run
+
+
+def train_hint(project: Path, run: str, seed: int) -> str:
+    """How to train just this run: the DVC stage instance whose output is
+    ``checkpoints/<run>/seed<seed>`` (``dvc repro train@pednet-1`` runs it and only what it
+    needs), with its time as measured here (reports/stage_times.json, else projected in
+    reports/benchmarks.json). ``run `dvc repro``` when no stage trains it."""
+    stage, upstream = training_stage(project, run, seed)
+    if stage is None and (project / "dvc.yaml").is_file():
+        return f"no stage of {project / 'dvc.yaml'} trains {run!r} seed {seed}"
+    if stage is None:
+        return "run `dvc repro` in the project"
+    took = _stage_minutes(project, stage, run, upstream)
+    return f"train it with `dvc repro {stage}`{took}"
+
+
+def training_stage(project: Path, run: str, seed: int) -> tuple[str | None, list[str]]:
+    """DVC's stage instance whose outputs hold ``checkpoints/<run>/seed<seed>``, and the
+    stages upstream of it; (None, []) without a readable dvc.yaml or such a stage."""
+    if not (project / "dvc.yaml").is_file():
+        return None, []
+    import networkx as nx
+    from dvc.repo import Repo
+
+    target = f"checkpoints/{run}/seed{seed}"
+    try:
+        with Repo(str(project)) as repo:
+            graph = repo.index.graph  # an edge from each stage to the stages it depends on
+            for stage in graph.nodes:
+                if any(str(out.def_path) == target for out in stage.outs):
+                    return stage.name, sorted(s.name for s in nx.descendants(graph, stage))
+    except Exception as e:  # a broken dvc.yaml: the hint is a courtesy, the error is the missing model
+        log.debug("cannot read %s: %s", project / "dvc.yaml", e)
+    return None, []
+
+
+def _stage_minutes(project: Path, stage: str, run: str, upstream: list[str]) -> str:
+    """`` (about N min on <CPU>, measured; plus M min for the stages it needs, if not yet run)``,
+    from reports/stage_times.json (any seed of the same stage), else the projection of
+    reports/benchmarks.json for an MLE run; empty when neither knows the stage."""
+    import json
+
+    def read(name: str) -> dict:
+        try:
+            return json.loads((project / "reports" / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    times = read("stage_times.json").get("stages", {})
+    same = [r for name, r in times.items() if name.rsplit("-", 1)[0] == stage.rsplit("-", 1)[0]]
+    if same:
+        own, cpu, how = same[0]["wall_seconds"] / 60, same[0].get("cpu", "this CPU"), "measured"
+    else:
+        projected = read("benchmarks.json").get("details", {}).get("projection", {}).get("mle_runs", {}).get(run)
+        if not projected:
+            return ""
+        own = projected["minutes"] / max(len(projected.get("committed_steps", [])), 1)
+        cpu, how = read("benchmarks.json").get("measured_on", {}).get("projection", "this CPU").split(",")[0], "projected"
+    before = sum(times[s]["wall_seconds"] for s in upstream if s in times) / 60
+    need = f"; plus about {before:.0f} min for the stages it needs, if not yet run" if before >= 1 else ""
+    return f" (about {own:.0f} min on {cpu}, {how}{need})"
 
 
 @dataclass

@@ -137,7 +137,7 @@ def test_run_name_and_seed_resolve_to_the_seed_directory(tmp_path):
     assert resolve_checkpoint(str(seed2), tmp_path, seed=1) == seed2 / "best.pt"
     assert resolve_checkpoint(str(seed2 / "best.pt"), tmp_path, seed=3) == seed2 / "best.pt"
     with pytest.raises(InputError, match=rf"no trained model 'pednet' in {tmp_path.resolve()} \(trained: "
-                                         r"pednet \(seed3\), seq2seq \(seed1\), seq2seq \(seed2\)\)"):
+                                         r"pednet \(seed3\), seq2seq \(seed1\), seq2seq \(seed2\); "):
         resolve_checkpoint("pednet", tmp_path)
     with pytest.raises(InputError, match=rf"looked in {tmp_path.resolve() / 'none'}, which does not exist"):
         resolve_checkpoint("pednet", tmp_path / "none")
@@ -267,7 +267,7 @@ def test_error_messages(root, tmp_path, capsys, monkeypatch):
     ck = load_checkpoint(root / "checkpoints" / "seq2seq" / "seed1" / "best.pt")
 
     assert (f"no trained model 'transformer' in {root / 'checkpoints'} (trained: gpmn (seed1), pednet (seed1), "
-            "postks (seed1), seq2seq (seed1))") in _fails(capsys, "--model", "transformer")
+            "postks (seed1), seq2seq (seed1); run `dvc repro` in the project)") in _fails(capsys, "--model", "transformer")
     (tmp_path / "empty").mkdir()
     assert "directory without a best.pt" in _fails(capsys, "--model", str(tmp_path / "empty"))
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
@@ -288,3 +288,25 @@ def test_error_messages(root, tmp_path, capsys, monkeypatch):
     msg = _fails(capsys, "--model", "seq2seq", "--data", str(tmp_path / "other"))
     assert f"vocabulary of {ck['model']['embeddings.embedding.weight'].shape[0]} tokens" in msg
     assert "vocab.parquet: missing" in _fails(capsys, "--model", "seq2seq", "--data", str(tmp_path))
+
+
+def test_a_missing_run_names_the_one_stage_that_trains_it_with_its_time(tmp_path):
+    import json
+
+    from tests.dvc_project import make_project
+
+    repo = make_project(tmp_path)
+    (repo / "checkpoints").mkdir()
+    (repo / "reports").mkdir()
+    record = {"wall_seconds": 540.0, "cpu": "Some CPU"}
+    stages = {"train@pednet-2": record, "fetch": {"wall_seconds": 60.0}, "persona_labels": {"wall_seconds": 120.0},
+              "msn": {"wall_seconds": 900.0}}  # msn is not upstream of PEDNet
+    (repo / "reports" / "stage_times.json").write_text(json.dumps({"stages": stages}))
+    with pytest.raises(InputError) as e:
+        resolve_checkpoint("pednet", repo / "checkpoints", seed=1, project=repo)
+    assert str(e.value).endswith("(trained: none; train it with `dvc repro train@pednet-1` (about 9 min on "
+                                 "Some CPU, measured; plus about 3 min for the stages it needs, if not yet run))")
+    with pytest.raises(InputError, match=r"trained: none; no stage of .*dvc.yaml trains 'no_such_run' seed 1\)$"):
+        resolve_checkpoint("no_such_run", repo / "checkpoints", seed=1, project=repo)
+    with pytest.raises(InputError, match=r"train it with `dvc repro train_gcl@seq2seq_history-1`\)$"):
+        resolve_checkpoint("seq2seq_history_gcl", repo / "checkpoints", seed=1, project=repo)  # no time known
