@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import measures, projection, speed
+from benchmarks import measures, projection, scale, speed
 from benchmarks.scale import PREPROCESSING, bench_scale, growth
 from pipeline import stage_times
 
@@ -146,21 +146,21 @@ def render(results: dict) -> str:
                   *(f"- `{name}`: {where}" for name, where in sorted(results["measured_on"].items()))]
     lines += ["", "## Details", "", "```json", json.dumps(results.get("details", {}), indent=2), "```"]
     if results.get("scale"):
-        factors = sorted({f for runs in results["scale"].values() for f in runs}, key=lambda f: int(f[1:]))
-        lines += ["", "## Scale: preprocessing on the slice replicated N times", "",
-                  "| stage | " + " | ".join(f"{f} s / MiB" for f in factors) + " | growth vs linear |",
-                  "|---|" + "---|" * (len(factors) + 1)]
-        for stage, runs in results["scale"].items():
-            cells = [f"{runs[f]['seconds']:.1f} / {runs[f]['peak_rss_bytes'] / 2**20:.0f}" if f in runs else "-"
-                     for f in factors]
-            lines.append(f"| {stage} | " + " | ".join(cells) + f" | {results['scale_growth'].get(stage, '-')} |")
+        lines += scale.render(results)
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("--raw", default="data/raw", help="ParlAI files to replicate for the scale runs")
-    ap.add_argument("--scales", default="1,3,9", help="replication factors, e.g. 1,3,9 ('' skips)")
+    ap.add_argument("--scales", default="1,3,9,18", help="replication factors, e.g. 1,3 ('' skips)")
+    ap.add_argument("--scale-steps", default="5,35",
+                    help="scale: the two max_steps caps of every training stage (seconds per step from their difference)")
+    ap.add_argument("--scale-full-up-to", type=int, default=3,
+                    help="scale: score_groups/select_groups/reference_scores run whole up to this factor, on a seeded "
+                         "sample of pools above it")
+    ap.add_argument("--scale-sample-rows", type=int, default=300, help="scale: sampled pools per split above it")
+    ap.add_argument("--scale-decode-rows", type=int, default=1000, help="scale: test rows decoded")
     ap.add_argument("--sample", type=int, default=400, help="queries/examples timed on the slow paths")
     ap.add_argument("--only", default="",
                     help="comma-separated subset: stage_times,encoder,scoring,decoding,gcl_validation,threads,projection,bm25,labelling,"
@@ -218,9 +218,13 @@ def main(argv: list[str] | None = None) -> None:
     factors = [int(f) for f in args.scales.split(",") if f]
     if want("scale") and factors:
         print(f"[benchmarks] scale {factors} ...", file=sys.stderr)
+        steps = tuple(int(x) for x in args.scale_steps.split(","))
+        knobs = {"steps": steps, "full_up_to": args.scale_full_up_to, "sample_rows": args.scale_sample_rows,
+                 "decode_rows": args.scale_decode_rows, "eval_examples": 500}
         with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
-            results["scale"] = bench_scale(Path(args.raw).resolve(), factors, Path(tmp))
-        results["scale_growth"] = growth(results["scale"], factors)
+            results["scale"] = bench_scale(Path(args.raw).resolve(), factors, Path(tmp), **knobs)
+        record_scale(results, factors, knobs, previous)
+        results.setdefault("measured_on", {})["scale"] = measured_on()
 
     if "one_seed_repro" in only:
         print("[benchmarks] one_seed_repro (the one-seed pipeline in a scratch clone) ...", file=sys.stderr)
@@ -229,6 +233,15 @@ def main(argv: list[str] | None = None) -> None:
         print("[benchmarks] full_repro (the whole pipeline in a scratch clone) ...", file=sys.stderr)
         results.update(full_repro())
     print(save(out, results))
+
+
+def record_scale(results: dict, factors: list[int], knobs: dict, previous: dict) -> None:
+    """The scale entries beside results["scale"]: the old growth ratio, the log-log exponent,
+    how it was measured and the totals (with the projected repro of each factor)."""
+    results["scale_growth"] = growth(results["scale"], factors)
+    results["scale_growth_exponent"] = scale.growth_exponent(results["scale"])
+    results["scale_meta"] = scale.meta(factors, **knobs)
+    results["scale_totals"] = scale.totals(results["scale"], previous)
 
 
 def save(out: Path, results: dict) -> str:

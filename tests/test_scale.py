@@ -1,0 +1,65 @@
+"""The scale benchmark (benchmarks/scale.py) through every stage up to reference_scores, the
+two MLE epochs and the decoding, on a tiny generated corpus at x1 and x2 (x2 on the sampled
+pools), with tiny models and 2 / 3 optimizer steps; and its markdown."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import scale
+from benchmarks.__main__ import record_scale, render
+from tests.corpus import write_corpus
+from tests.dvc_project import TINY_PARAMS
+from tests.test_full_dag import TINY_DAG
+
+KNOBS = {"steps": (2, 3), "full_up_to": 1, "sample_rows": 3, "decode_rows": 5, "eval_examples": 500}
+TINY = {**TINY_PARAMS, **{k: TINY_DAG[k] for k in ("model", "train", "pednet", "msn", "seq2seq_history", "generate",
+                                                   "matcher")}}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_scale_measures_every_stage_at_both_factors(tmp_path):
+    raw = write_corpus(tmp_path / "corpus", sizes=(24, 8, 8), seed=0)
+    factors = [1, 2]
+    results = {"scale": scale.bench_scale(raw, factors, tmp_path / "work", overrides=TINY, **KNOBS),
+               "machine": "test", "details": {}}
+    assert list(results["scale"]) == list(scale.STAGES)
+    for stage, runs in results["scale"].items():
+        for f in ("x1", "x2"):
+            e = runs[f]
+            assert e["seconds"] > 0 and e["peak_rss_bytes"] > 10 * 2**20, (stage, f)
+            assert e["cost_seconds"] > 0, (stage, f)
+    for stage in ("msn", "matcher", "train@seq2seq_history", "train@pednet"):
+        for f in ("x1", "x2"):
+            e = results["scale"][stage][f]
+            assert e["how"] == "max_steps" and e["steps_measured"] == [2, 3]
+            assert e["seconds_per_step"] > 0 and e["projected_epoch_seconds"] > 0 and e["steps_per_epoch"] > 0
+            assert e.get("projected_configured_epochs_seconds", e.get("projected_stage_seconds")) > 0
+    for stage in ("score_groups", "select_groups", "reference_scores"):
+        assert results["scale"][stage]["x1"]["how"] == "full"
+        assert results["scale"][stage]["x2"]["how"] == "subset"
+        assert results["scale"][stage]["x2"]["projected_full_seconds"] > 0
+    decode = results["scale"]["decode@seq2seq_history"]["x2"]
+    assert decode["rows_decoded"] == 5 and decode["test_rows"] > 5 and decode["projected_full_seconds"] > 0
+
+    record_scale(results, factors, KNOBS, {})
+    assert set(results["scale_growth_exponent"]) == set(scale.STAGES)
+    assert set(results["scale_totals"]) == {"x1", "x2"}
+    assert results["scale_totals"]["x2"]["projected_repro"]["total_minutes"] >= 0
+    table = render(results)
+    assert "## Scale: every stage up to reference_scores" in table
+    for stage in scale.STAGES:
+        assert f"| {stage} | " in table
+    assert "projected 3-seed make repro" in table
+
+
+def test_growth_exponent_and_render_of_old_results():
+    """A quadratic stage shows ~2, a linear one ~1; entries of the old benchmark (no `how`,
+    no meta) still render."""
+    runs = {"groups": {f"x{f}": {"seconds": 2.0 * f * f, "peak_rss_bytes": 2**20} for f in (1, 3, 9)},
+            "prepare": {f"x{f}": {"seconds": 1.5 * f, "peak_rss_bytes": 2**20} for f in (1, 3, 9)}}
+    g = scale.growth_exponent(runs)
+    assert g == {"groups": 2.0, "prepare": 1.0}
+    lines = scale.render({"scale": runs, "scale_growth": scale.growth(runs, [1, 3, 9])})
+    assert any(line.startswith("| groups | 2.0 / 1 | 18.0 / 1 | 162.0 / 1 | 2.0 |") for line in lines)
