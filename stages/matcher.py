@@ -8,6 +8,9 @@ Fine-tunes the MiniLM bi-encoder on the training pairs and writes checkpoints/ma
 ``minilm``, ``minilm_zeroshot`` and ``bm25``) and reports/matchers.json: R10@1, R10@2,
 R10@5 and MRR of bm25, minilm_zeroshot, minilm_finetuned (and msn, from reports/msn.json
 when it exists) on the same valid candidates, seconds, and the best ranker.
+
+Not byte-identical across thread counts or CPUs: the MiniLM fine-tune's float sums depend
+on how they are split; equal within seed noise (tests/test_determinism.py; README "Determinism").
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Reads params `msn`, data/prepared/{train,valid,vocab}.parquet and data/embeddings; writes
 checkpoints/msn/best.pt (``torch.load(weights_only=True)``) and reports/msn.json
 (valid R10@1, R10@2, R10@5, MRR with 1 positive : 9 random negatives).
+
+Not byte-identical across thread counts or CPUs: float sums in training depend on how
+they are split; equal within seed noise (tests/test_determinism.py; README "Determinism").
 """
 
 from __future__ import annotations

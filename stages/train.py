@@ -7,6 +7,10 @@ the GCL paper's setting). Reads params `train`, `model` and `<run>` (whose keys 
 backbone's; its `train` overrides the loop's); writes checkpoints/<run>/seed<K>/{best,last}.pt,
 dvclive/<run>/seed<K>/ curves and reports/training/<run>/seed<K>.json (how it stopped).
 Rerunning after an interruption resumes from last.pt.
+
+Not byte-identical across thread counts or CPUs (nor between bf16 and fp32): float sums in
+training depend on how they are split; equal within seed noise (tests/test_determinism.py;
+README "Determinism").
 """
 
 from __future__ import annotations

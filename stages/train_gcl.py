@@ -10,6 +10,9 @@ data/scored_groups, data/reference_scores/<reference>/seed<K> (for a variant who
 params gcl.k: data/scored_groups_k<k>, data/reference_scores_k<k>/...) and checkpoints/<reference>/seed<K>/best.pt
 (the frozen MLE reference, whose weights also initialise the target when gcl.init=reference);
 writes checkpoints/<reference>_gcl/seed<K>/{best,last}.pt and dvclive/<reference>_gcl/seed<K>/.
+
+Not byte-identical across thread counts or CPUs: the fine-tune's float sums depend on how
+they are split; equal within seed noise (tests/test_determinism.py; README "Determinism").
 """
 
 from __future__ import annotations

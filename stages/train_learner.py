@@ -14,6 +14,9 @@ reference does (as stages/train_gcl.py):
 
 Reads params `train`, `model`, `<reference>`, `<learner>` and `<reference>_<learner>` (its
 `train` and `<learner>` keys override); writes checkpoints/<reference>_<learner>/seed<K>/.
+
+Not byte-identical across thread counts or CPUs: the same training loop as train and train_gcl
+(not measured separately); equal within seed noise (README "Determinism").
 """
 
 from __future__ import annotations
