@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         "(the rest have no word vector in the reference / query)",
         source, result["n_empty_hypotheses"], result["n_emb_examples"], result["n_coherence_examples"],
     )  # fmt: skip
-    out = {k: result[k] for k in metrics.METRIC_KEYS}
+    out = {k: result[k] for k in (*metrics.METRIC_KEYS, *metrics.DEGENERACY_KEYS)}
     # the collapse diagnostic: only where the generations carry log-probs (not the controls)
     out.update({k: result[k] for k in metrics.QUERY_KEYS if k in result})
     out["n_examples"] = result["n_examples"]
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info("%s: no log_p_own / log_p_shuffled (a control, or generated before the columns "
                  "existed): no query_gain", source)
     log.info("%s: %s (%.1f s)", source,
-             ", ".join(f"{k}={out[k]:.4f}" for k in (*metrics.METRIC_KEYS, *metrics.QUERY_KEYS) if k in out),
+             ", ".join(f"{k}={out[k]:.4f}" for k in (*metrics.METRIC_KEYS, *metrics.DEGENERACY_KEYS,
+                                                      *metrics.QUERY_KEYS) if k in out),
              time.perf_counter() - start)  # fmt: skip
 
 

@@ -163,10 +163,13 @@ def main() -> None:
     for run, stems in files.items():
         for stem, seed in stems:
             values = report.load_metrics(metrics_path(run, seed))
-            if values is not None:
-                per_seed[run][stem] = values
             if Path(generations_path(run, seed)).exists():
                 gens[run][stem] = metrics.read_generations(generations_path(run, seed))
+            if values is not None:
+                if stem in gens[run] and not all(k in values for k in metrics.DEGENERACY_KEYS):
+                    # a metrics file written before evaluate had them: the same function on its generations
+                    values = {**values, **metrics.degeneracy(gens[run][stem]["hypothesis"])}
+                per_seed[run][stem] = values
         log.info("%s: metrics %s; generations %s", run, sorted(per_seed[run]) or "missing",
                  sorted(gens[run]) or "missing")  # fmt: skip
     summary = {}
@@ -193,6 +196,7 @@ def main() -> None:
         for run in have
     }
     claims = stats.evaluate_claims(stats.CLAIMS, example_stats, replicates, bootstrap_seed)
+    report.flag_collapsed(claims, per_seed)
     log.info("%d claims (%d not run) in %.1f s", len(claims), sum(c["holds"] == stats.NOT_RUN for c in claims),
              time.perf_counter() - start)  # fmt: skip
 
@@ -201,7 +205,7 @@ def main() -> None:
         m: report.by_example(gens[m][case_seeds[m]]) if m in case_seeds else None for m in models
     }
     text = report.render(summary, claims, case_generations, models, controls, str(source), p["case_studies"],
-                         p.get("case_ids") or [], case_seeds, replicates)  # fmt: skip
+                         p.get("case_ids") or [], case_seeds, replicates, per_seed)  # fmt: skip
     records = training_records(models, seeds)
     if records:
         text = text.rstrip("\n") + "\n\n" + training_table(records)

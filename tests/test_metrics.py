@@ -39,6 +39,15 @@ def test_distinct_counts_corpus_level_and_ignores_empty_responses():
 # ---------------------------------------------------------------- persona metrics
 
 
+def test_degeneracy_on_constructed_generations():
+    assert metrics.degeneracy(["a b", "c", "a  b ", "d", "a b", "e", "f", "g"]) == {
+        "distinct_replies": 6, "top_reply_share": 3 / 8}  # "a b" x3, whitespace-normalised
+    assert metrics.degeneracy(["i am a nurse ."] * 9 + ["hi"]) == {"distinct_replies": 2, "top_reply_share": 0.9}
+    gold = [f"reply {i}" for i in range(50)]
+    assert metrics.degeneracy(gold) == {"distinct_replies": 50, "top_reply_share": 0.02}
+    assert metrics.degeneracy([]) == {"distinct_replies": 0, "top_reply_share": 0.0}
+
+
 def test_persona_scores_by_hand():
     persona = ["i have a big dog", "i love pizza and pasta"]
     idf = {"big": 0.2, "dog": 0.16, "pizza": 0.3}
@@ -361,7 +370,7 @@ def test_stage_writes_exactly_the_metric_keys_deterministically(tmp_path, monkey
     out = tmp_path / "reports/metrics/pednet/seed1.json"
     first = out.read_bytes()
     values = json.loads(first)
-    assert set(values) == set(metrics.METRIC_KEYS) | {"n_examples"}
+    assert set(values) == set(metrics.METRIC_KEYS) | set(metrics.DEGENERACY_KEYS) | {"n_examples"}
     assert values["n_examples"] == len(read_parquet("data/prepared/test.parquet"))
     assert 0 < values["distinct_1"] < 1 and values["persona_recall"] > 0 and values["entropy_1"] > 0
     assert values["persona_f1_gain"] == pytest.approx(values["persona_f1"] - values["persona_f1_shuffled"])

@@ -340,7 +340,7 @@ def test_stage_writes_summary_and_claims_deterministically(project):
     stage.main()
     summary = json.loads((project / "reports/summary.json").read_text())
     assert sorted(summary) == ["constant", "gold", "gpmn", "pednet", "pednet_gcl", "seq2seq"]
-    assert set(summary["seq2seq"]) == set(METRIC_KEYS) | {"n_examples"}
+    assert set(summary["seq2seq"]) == set(METRIC_KEYS) | {"n_examples", "distinct_replies", "top_reply_share"}
     expected = stage.portable(stats.summarize([0.0123 * s for s in (1.0, 1.1, 1.2)]))
     assert summary["seq2seq"]["persona_f1_gain"] == expected  # JSON keeps the 12 digits exactly
     assert summary["seq2seq"]["persona_f1_gain"]["n_seeds"] == 3
@@ -467,3 +467,30 @@ def test_portable_rounds_away_the_last_bits_of_cpu_dependent_sums():
     a = {"ci95": [0.030505897918311195, -1.5e-07], "n": 3, "holds": True, "id": "x"}
     b = {"ci95": [0.03050589791831118, -1.5000000000000002e-07], "n": 3, "holds": True, "id": "x"}
     assert portable(a) == portable(b) == {"ci95": [0.0305058979183, -1.5e-07], "n": 3, "holds": True, "id": "x"}
+
+
+def test_collapsed_runs_are_shown_and_their_claims_flagged(project):
+    from stages import report as stage
+
+    # GPMN seed 1 answers 4 of 5 turns with one sentence; Seq2Seq seed 2's metrics file has the keys
+    table = fake_generations("gpmn", [None] * 5)
+    hyps = ["i am a nurse ."] * 4 + ["hi"]
+    write_parquet(table.set_column(table.schema.get_field_index("hypothesis"), "hypothesis", pa.array(hyps)),
+                  project / "reports/generations/gpmn/seed1.parquet")
+    write_json({**fake_metrics(1.1), "distinct_replies": 5, "top_reply_share": 0.2},
+               project / "reports/metrics/seq2seq/seed2.json")
+    stage.main()
+    text = (project / "reports/results.md").read_text()
+    lines = text.splitlines()
+    assert "| Run | Distinct replies per seed | Top reply share per seed | Collapsed |" in lines
+    assert "| GPMN | 2 | **0.80** | **yes** |" in lines  # computed from the generations (older metrics file)
+    assert "| Seq2Seq | 5 / 5 / 5 | 0.20 / 0.20 / 0.20 | no |" in lines
+    claims = {c["id"]: c for c in json.loads((project / "reports/claims.json").read_text())}
+    assert claims["pednet_table2:persona_f1:seq2seq<gpmn"]["collapsed"] == ["gpmn seed1"]
+    assert claims["pednet_table2:persona_coverage:seq2seq<gpmn"]["collapsed"] == ["gpmn seed1"]
+    assert claims["pednet_table2:persona_f1:gpmn<postks"]["collapsed"] == ["gpmn seed1"]  # not run: all seeds
+    assert all(not c["collapsed"] for i, c in claims.items() if "gpmn" not in (c["lower"], c["higher"]))
+    flagged = [line for line in lines if line.startswith("| Seq2Seq < GPMN on P-F1 (PEDNet Table 2) |")]
+    assert "⚠ collapsed: GPMN seed 1" in flagged[0]
+    summary = json.loads((project / "reports/summary.json").read_text())
+    assert summary["gpmn"]["top_reply_share"]["mean"] == 0.8

@@ -46,6 +46,13 @@ METRIC_KEYS = (
 # metrics file may lack these keys, unlike METRIC_KEYS.
 QUERY_KEYS = ("query_gain", "query_log_p_own", "query_log_p_shuffled")
 
+# Degeneracy (mode collapse): how many different replies a run gives over the test turns,
+# and the share of turns given its most frequent one (the gold responses: all distinct).
+# Written by evaluate for every run; a seed above COLLAPSED_SHARE is a collapsed run, and
+# the report flags every claim that rests on one.
+DEGENERACY_KEYS = ("distinct_replies", "top_reply_share")
+COLLAPSED_SHARE = 0.25
+
 # idf of a word absent from the table: the value the table gives a word of GloVe rank
 # ~400,000 (../shared/data/README.md), i.e. the rarest words weigh the most.
 PERSONA_IDF = "data/persona_idf/idf.tsv"  # the fetch stage copies params fetch.idf here
@@ -68,6 +75,14 @@ def distinct(hypotheses: Iterable[Sequence[str]], n: int) -> float:
         total += len(grams)
         seen.update(grams)
     return len(seen) / total if total else 0.0
+
+
+def degeneracy(hypotheses: Sequence[str]) -> dict[str, float | int]:
+    """``distinct_replies``: different replies (whitespace-normalised strings);
+    ``top_reply_share``: the share of replies equal to the most frequent one (0 if none)."""
+    counts = Counter(" ".join(h.split()) for h in hypotheses)
+    top = max(counts.values(), default=0)
+    return {"distinct_replies": len(counts), "top_reply_share": top / len(hypotheses) if hypotheses else 0.0}
 
 
 # ---------------------------------------------------------------- persona metrics (PEDNet)
@@ -460,6 +475,7 @@ def evaluate(
     when the log-probs are given, the QUERY_KEYS (``query_metrics``)."""
     hyp_tokens = [h.split() for h in hypotheses]
     out: dict[str, float | int] = {f"distinct_{n}": distinct(hyp_tokens, n) for n in (1, 2, 3)}
+    out.update(degeneracy(hypotheses))
     out.update(persona_control_metrics(hypotheses, personas, shuffled_personas, idf, idf_missing))
     out.update(bleu_metrics(references, hypotheses))
     # the query is SILENCE when the bot opens; WordVectors gives it no vector

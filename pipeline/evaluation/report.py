@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pipeline.evaluation import paper_results as paper
 from pipeline.evaluation import stats
+from pipeline.evaluation import metrics
 from pipeline.evaluation.metrics import METRIC_KEYS
 from pipeline.evaluation.stats import NOT_RUN
 from pipeline.io import InputError, atomic_path
@@ -291,6 +292,48 @@ def query_gain_table(summary: Mapping[str, dict], models: Sequence[str]) -> str:
     return markdown_table(["Model", "Source"] + [name for name, _ in QUERY_COLUMNS], rows)
 
 
+# ---------------------------------------------------------------- degeneracy (mode collapse)
+
+
+def collapsed(per_seed: Mapping[str, Mapping[str, Mapping]]) -> dict[str, dict[str, float]]:
+    """run -> {seed file stem: top_reply_share} of its seeds above ``metrics.COLLAPSED_SHARE``."""
+    return {run: bad for run, seeds in per_seed.items()
+            if (bad := {stem: v["top_reply_share"] for stem, v in seeds.items()
+                        if v.get("top_reply_share", 0.0) > metrics.COLLAPSED_SHARE})}
+
+
+def flag_collapsed(claims: Sequence[dict], per_seed: Mapping[str, Mapping[str, Mapping]]) -> None:
+    """Give each claim ``collapsed``: its runs' seeds (of those it compares) whose most frequent
+    reply answers more than ``metrics.COLLAPSED_SHARE`` of the test turns, e.g.
+    ``["transformer_history seed2"]``; a claim with any rests on a collapsed run."""
+    bad = collapsed(per_seed)
+    for c in claims:
+        runs = (c["lower"], c["higher"])
+        seeds = c.get("paired_seeds")
+        c["collapsed"] = [f"{run} {stem}" for run in runs for stem in sorted(bad.get(run, {}))
+                          if seeds is None or int(stem[len("seed"):]) in seeds]
+
+
+def degeneracy_table(per_seed: Mapping[str, Mapping[str, Mapping]], models: Sequence[str],
+                     controls: Sequence[str]) -> str:
+    """Per run, each seed's distinct replies and top reply share, collapsed seeds in bold."""
+    rows = []
+    for run in [*models, *controls]:
+        if not per_seed.get(run):
+            rows.append([display(run), NOT_RUN, "", ""])
+            continue
+        seeds = {stem: v for stem, v in per_seed[run].items() if "top_reply_share" in v}
+        if not seeds:  # metrics without generations beside them
+            rows.append([display(run), NO_LOG_PROBS, NO_LOG_PROBS, ""])
+            continue
+        stems = sorted(seeds, key=lambda s: (len(s), s))
+        share = [f"**{v:.2f}**" if v > metrics.COLLAPSED_SHARE else f"{v:.2f}"
+                 for v in (seeds[s]["top_reply_share"] for s in stems)]
+        rows.append([display(run), " / ".join(f"{seeds[s]['distinct_replies']:,}" for s in stems), " / ".join(share),
+                     "**yes**" if any(seeds[s]["top_reply_share"] > metrics.COLLAPSED_SHARE for s in stems) else "no"])
+    return markdown_table(["Run", "Distinct replies per seed", "Top reply share per seed", "Collapsed"], rows)
+
+
 def _holds(value: bool | str) -> str:
     return {True: "yes", False: "**no**"}.get(value, value) if isinstance(value, bool) else value
 
@@ -301,6 +344,12 @@ def claim_text(claim: Mapping) -> str:
     return f"{display(claim['lower'])} < {display(claim['higher'])} on {metric} ({paper_name})"
 
 
+def display_seed(run_seed: str) -> str:
+    """``"transformer_history seed2"`` -> ``"Transformer (multi-turn) seed 2"``."""
+    run, stem = run_seed.rsplit(" ", 1)
+    return f"{display(run)} seed {stem[len('seed'):]}"
+
+
 def claims_table(claims: Sequence[Mapping]) -> str:
     rows = []
     for c in claims:
@@ -309,8 +358,9 @@ def claims_table(claims: Sequence[Mapping]) -> str:
             rows.append([claim_text(c), "", "", "", NOT_RUN, seeds])
             continue
         lo, hi = c["ci95"]
+        flag = f" ⚠ collapsed: {', '.join(map(display_seed, c['collapsed']))}" if c.get("collapsed") else ""
         rows.append([claim_text(c), fmt_signed(c["difference"]), f"[{fmt_signed(lo)}, {fmt_signed(hi)}]",
-                     f"{c['p_value']:.3f}", _holds(c["holds"]), seeds])  # fmt: skip
+                     f"{c['p_value']:.3f}", _holds(c["holds"]) + flag, seeds])  # fmt: skip
     return markdown_table(["Claim", "Difference", "95% CI", "p", "Holds", "Seeds (lower / higher)"], rows)
 
 
@@ -403,6 +453,7 @@ def render(
     case_ids: Sequence[str] = (),
     case_seeds: Mapping[str, str] | None = None,
     bootstrap: int = 1000,
+    per_seed: Mapping[str, Mapping[str, Mapping]] | None = None,
 ) -> str:
     """The whole document. ``summary``: run -> metric -> ``pipeline.evaluation.stats.summarize``;
     ``claims``: ``pipeline.evaluation.stats.evaluate_claims``; ``generations``: model -> example_id ->
@@ -481,6 +532,15 @@ def render(
         "(mean over examples of the difference, nats/token) is what the context is worth to the "
         "model: about 0 for one that ignores its input. Controls have no model. "
         f"{NO_LOG_PROBS}: generations written before the diagnostic (rerun `dvc repro generate`).",
+        "",
+        "## Degenerate generations: one sentence for many turns",
+        "",
+        degeneracy_table(per_seed or {}, models, controls),
+        "",
+        "Distinct replies: how many different sentences a seed gives over the test turns (the gold "
+        "responses are all distinct); top reply share: the share of turns given its most frequent one. "
+        f"A seed above {metrics.COLLAPSED_SHARE:.2f} is **collapsed**: a comparison with it says little about "
+        "the method, and every claim below that compares one is flagged ⚠.",
         "",
         "## The papers' claims on our runs",
         "",
