@@ -221,10 +221,14 @@ def main(argv: list[str] | None = None) -> None:
         steps = tuple(int(x) for x in args.scale_steps.split(","))
         knobs = {"steps": steps, "full_up_to": args.scale_full_up_to, "sample_rows": args.scale_sample_rows,
                  "decode_rows": args.scale_decode_rows, "eval_examples": 500}
-        with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
-            results["scale"] = bench_scale(Path(args.raw).resolve(), factors, Path(tmp), **knobs)
-        record_scale(results, factors, knobs, previous)
-        results.setdefault("measured_on", {})["scale"] = measured_on()
+        results["scale"] = {}
+        for i, factor in enumerate(factors):  # saved after each factor: a stopped run keeps what it measured
+            with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
+                for stage, entries in bench_scale(Path(args.raw).resolve(), [factor], Path(tmp), **knobs).items():
+                    results["scale"].setdefault(stage, {}).update(entries)
+            record_scale(results, factors[: i + 1], knobs, previous)
+            results.setdefault("measured_on", {})["scale"] = measured_on()
+            save(out, results)
 
     if "one_seed_repro" in only:
         print("[benchmarks] one_seed_repro (the one-seed pipeline in a scratch clone) ...", file=sys.stderr)
