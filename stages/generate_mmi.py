@@ -8,27 +8,53 @@ Seq2Seq (checkpoints/<reference>_backward/seed<K>/best.pt), MMI-antiLM the respo
 (checkpoints/<reference>_lm/seed<K>/best.pt). Nothing trains. Reads params `generate`,
 `mmi` and `<run>` (its `mmi` keys override); writes reports/generations/<run>/seed<K>.parquet
 as stages.generate does (the log_p_own / log_p_shuffled diagnostic is the forward model's).
+With ``mmi.tune`` (MMI-bidi), λ and γ are first chosen on validation BLEU (a seeded valid
+subset; pipeline.learners.mmi.tune) and the grid is written to reports/mmi_tuning/<run>/seed<K>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import torch
 
 from pipeline import schema
 from pipeline.dataset import Vocab, load_split
 from pipeline.decode import QUERY_SHUFFLE_SEED, derangement, generate_rows, query_log_probs
-from pipeline.io import InputError, load_params, run_stage, write_parquet
-from pipeline.learners.mmi import AntiLM, Bidi, MMIConfig
+from pipeline.io import InputError, load_params, run_stage, write_json, write_parquet
+from pipeline.learners.mmi import AntiLM, Bidi, MMIConfig, tune
 from pipeline.params_schema import validate_run
 from pipeline.train import autocast, load_trained, run_dirs
 from stages.generate import generations_path
 
 log = logging.getLogger(__name__)
+
+
+def tuning_path(run: str, seed: int) -> Path:
+    return Path("reports/mmi_tuning") / run / f"seed{seed}.json"
+
+
+def tune_on_valid(model: Bidi, vocab: Vocab, data_dir: Path, p: dict, device: torch.device,
+                  args: argparse.Namespace) -> tuple[float, float]:
+    """λ and γ by validation BLEU on ``mmi.tune_examples`` seeded valid rows (mmi.tune);
+    every grid point written to reports/mmi_tuning/<run>/seed<K>.json."""
+    valid = load_split("valid", vocab, type(model.forward_model).data_config(model.forward_model.params), data_dir)
+    rng = np.random.default_rng(args.seed)
+    index = np.sort(rng.choice(len(valid), size=min(model.cfg.tune_examples, len(valid)), replace=False)).tolist()
+    batches = [valid.collate(index[i : i + p["batch_size"]]) for i in range(0, len(index), p["batch_size"])]
+    references = [valid.texts["response"][i] for i in index]
+    start = time.perf_counter()
+    lam, gamma, table = tune(model, (b.to(device) for b in batches), references, vocab.decode)
+    log.info("%s: lambda %.2f, length weight %.2f by validation BLEU on %d valid rows (%d grid points, %.0f s)",
+             args.run, lam, gamma, len(index), len(table), time.perf_counter() - start)
+    write_json({"lam": lam, "length_weight": gamma, "tuned": True, "examples": len(index), "n_best": model.cfg.n_best,
+                "criterion": "mean of BLEU-1..4 on the valid subset", "grid": table}, tuning_path(args.run, args.seed))
+    return lam, gamma
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -60,6 +86,12 @@ def main(argv: list[str] | None = None) -> Path:
     dataset = load_split(args.split, vocab, type(forward).data_config(forward.params), data_dir)
     model = (Bidi(forward, other, cfg, max_len=p["max_len"]) if cfg.mode == "bidi"
              else AntiLM(forward, other, cfg.lam, cfg.threshold, cfg.length_weight))
+    if cfg.mode == "bidi" and cfg.tune:
+        with autocast(device, p.get("precision", "auto")):
+            cfg.lam, cfg.length_weight = tune_on_valid(model, vocab, data_dir, p, device, args)
+    else:
+        write_json({"lam": cfg.lam, "length_weight": cfg.length_weight, "tuned": False, "n_best": cfg.n_best},
+                   tuning_path(args.run, args.seed))
     method = "greedy" if cfg.mode == "bidi" else p["method"]  # bidi: greedy replays the reranked choice
     with autocast(device, p.get("precision", "auto")):
         rows = generate_rows(model, dataset, method=method, beam_size=p["beam_size"], max_len=p["max_len"],

@@ -220,6 +220,29 @@ def test_nbest_lists_the_known_hypotheses_in_order():
         assert [s for _, s in pool] == pytest.approx([math.log(0.54), math.log(0.27), math.log(0.09)], abs=1e-4)
 
 
+def test_nbest_ranks_by_log_prob_per_token_and_keeps_replies_that_end_late():
+    # "a </s>" ends first (log .3 over 3: -0.40); "b c </s>" (log .361 over 4: -0.25) and
+    # "a c </s>" (log .285: -0.31) later but likelier a token: the first version stopped
+    # once n replies had ended, with "a </s>" first
+    table = TableModel({2: {A: 0.6, B: 0.4}, A: {EOS: 0.5, C: 0.5}, B: {C: 0.95}, C: {EOS: 0.95}})
+    pools = nbest(table, tiny_batch(), n=3, max_len=6)
+    assert [h for h, _ in pools[0]] == [[B, C, EOS], [A, C, EOS], [A, EOS]]
+    assert pools[0][0][1] == pytest.approx(math.log(0.4 * 0.95 * 0.95), abs=1e-4)
+
+
+def test_tune_picks_lambda_and_gamma_by_validation_bleu():
+    from pipeline.learners.mmi import tune
+
+    words = {A: "a", B: "b", C: "c", EOS: ""}
+    bidi = Bidi(TableModel(FORWARD), FakeBackward(), MMIConfig(n_best=3, tune=True), max_len=4)
+    lam, gamma, table = tune(bidi, [tiny_batch(2)], ["c", "c"], lambda ids: " ".join(words[t] for t in ids if t != EOS))
+    # λ 0 and 0.1 keep "a" (BLEU 0); from 0.25 on "c" wins (log .09 > log .54 - 2.5): the smallest
+    assert (lam, gamma) == (0.25, 0.0)
+    assert len(table) == 25 and {r["lam"] for r in table} == {0.0, 0.1, 0.25, 0.5, 1.0}
+    row = next(r for r in table if r["lam"] == 0.0 and r["length_weight"] == 0.0)
+    assert row["bleu"] == 0.0 and row["top_reply_share"] == 1.0 and row["distinct_replies"] == 1
+
+
 class FakeBackward(nn.Module):
     """log p(S | T): 0 when the reply contains ``c``, −10 otherwise."""
 

@@ -7,21 +7,31 @@ Function for Neural Conversation Models"; GCL Table 3's MMI row), both forms:
   decided (later tokens keep the forward model's grammar). Decoded directly: :class:`AntiLM`
   presents the combined per-token score as a model to the shared decoder
   (``pipeline.decode``: greedy or beam search).
-- **MMI-bidi**: an N-best list from p(T | S) (:func:`nbest`: beam search whose finished
-  hypotheses go to a pool, so the list mixes lengths), reranked by
+- **MMI-bidi**: an N-best list from p(T | S) (:func:`nbest`), reranked by
   log p(T | S) + λ log p(S | T) + γ |T| (:func:`bidi_scores`), p(S | T) the backward
   Seq2Seq (pipeline/models/seq2seq_backward.py). :class:`Bidi` replays each example's
   reranked choice through the shared decoder, so the generate stage's rows, precision and
   diagnostics are those of every other run.
 
-|T| counts the reply's words (``</s>`` excluded). λ, γ and the threshold are the paper's
-knobs, tuned there on validation BLEU; here they are params (``mmi``), not tuned. The N-best
-list is 10 (the paper: 200), for the CPU budget. The combined models never train.
+The N-best list is built as Li's code builds it (jiweil/Neural-Dialogue-Generation,
+Decode/decode_model.lua): a beam of ``n_best`` runs for ``max_len`` steps with no early stop,
+every hypothesis that ends among the beam's candidates goes to the pool, and the list is the
+pool's ``n_best`` best by forward log-prob per token (Li: divided by length + 1). The first
+version stopped once ``n`` hypotheses had ended: those are the short generic ones ("do you
+have any pets ?" for 30-40% of the test turns), which no λ could then rerank away.
+
+|T| counts the reply's words (``</s>`` excluded). λ and γ are tuned as the paper tunes them,
+on validation BLEU (:func:`tune`: a grid over ``lam_grid`` × ``length_grid`` on a seeded
+subset of the valid split, the criterion the mean of BLEU-1..4: the paper's MERT on BLEU is
+a search over the same two weights); ``tune: false`` takes ``lam`` / ``length_weight`` as
+given. The paper's list is 200; ``n_best`` is a param for the CPU budget. The combined models
+never train.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,12 +51,19 @@ class MMIConfig:
     length_weight: float = 0.5  # γ: reward per reply word
     threshold: int = 5  # antilm: the penalty covers the first `threshold` tokens (the paper's γ of g(k))
     n_best: int = 10  # bidi: hypotheses per example (also the beam width)
+    tune: bool = False  # bidi: choose lam and length_weight on validation BLEU (grid below)
+    tune_examples: int = 500  # bidi: the seeded valid subset the grid is scored on
+    lam_grid: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
+    length_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mmi.mode {self.mode!r}: one of {MODES}")
-        if self.n_best < 1 or self.threshold < 0:
-            raise ValueError("mmi.n_best must be >= 1 and mmi.threshold >= 0")
+        if self.n_best < 1 or self.threshold < 0 or self.tune_examples < 1:
+            raise ValueError("mmi.n_best and mmi.tune_examples must be >= 1 and mmi.threshold >= 0")
+        self.lam_grid, self.length_grid = tuple(self.lam_grid), tuple(self.length_grid)
+        if self.tune and not (self.lam_grid and self.length_grid):
+            raise ValueError("mmi.lam_grid and mmi.length_grid must be non-empty to tune")
 
     @classmethod
     def from_params(cls, params: dict) -> MMIConfig:
@@ -92,11 +109,11 @@ class AntiLM(nn.Module):
 
 @torch.no_grad()
 def nbest(model: Generator, batch: Batch, n: int = 10, max_len: int = 30) -> list[list[tuple[list[int], float]]]:
-    """Per example up to ``n`` hypotheses (token ids, ``</s>`` included when finished) with
-    their summed log p(T | S), best first. A beam of n live hypotheses; a candidate ending in
-    ``</s>`` that ranks among the live ones goes to the example's pool instead (the beam
-    keeps n live ones). Stops when every pool has n, or at ``max_len`` (live hypotheses then
-    fill the pools, unfinished)."""
+    """Per example up to ``n`` hypotheses (token ids, ``</s>`` included) with their summed
+    log p(T | S), best first by log-prob per token (sum / (length + 1), Li's normalisation).
+    A beam of n live hypotheses runs all ``max_len`` steps; every candidate ending in ``</s>``
+    among the beam's top 2n goes to the example's pool (not to the beam), so the pool holds
+    replies of every length; live hypotheses at ``max_len`` join it unfinished."""
     b, device = batch.size, batch.query.device
     state = model.reorder_state(model.encode(batch), torch.arange(b, device=device).repeat_interleave(n))
     scores = torch.full((b, n), -torch.inf, device=device)
@@ -116,27 +133,24 @@ def nbest(model: Generator, batch: Batch, n: int = 10, max_len: int = 30) -> lis
         for i, (t_row, b_row, s_row) in enumerate(zip(tok.tolist(), beam.tolist(), top.tolist(), strict=True)):
             live = 0
             for t, beam_j, s in zip(t_row, b_row, s_row, strict=True):
-                if live == n or s == -torch.inf:
+                if s == -torch.inf:
                     break
                 if t == model.eos:
-                    if len(pools[i]) < n:
-                        pools[i].append(([*seqs[i * n + beam_j].tolist(), t], s))
-                    continue
-                keep[i, live], keep_scores[i, live] = t * n + beam_j, s  # token and beam, packed
-                live += 1
+                    pools[i].append(([*seqs[i * n + beam_j].tolist(), t], s))
+                elif live < n:
+                    keep[i, live], keep_scores[i, live] = t * n + beam_j, s  # token and beam, packed
+                    live += 1
         origin = (torch.arange(b, device=device).unsqueeze(1) * n + keep % n).view(-1)
         prev = (keep // n).view(-1)
         state = model.reorder_state(state, origin)
         seqs = torch.cat([seqs.index_select(0, origin), prev.unsqueeze(1)], 1)
         scores = keep_scores
-        if all(len(p) >= n for p in pools):
+        if bool((scores == -torch.inf).all()):
             break
     for i, pool in enumerate(pools):
-        for j in range(n):
-            if len(pool) >= n or scores[i, j] == -torch.inf:
-                break
-            pool.append((seqs[i * n + j].tolist(), float(scores[i, j])))
-        pool.sort(key=lambda h: -h[1])
+        pool.extend((seqs[i * n + j].tolist(), float(scores[i, j])) for j in range(n) if scores[i, j] > -torch.inf)
+        pool.sort(key=lambda h: -h[1] / (len(h[0]) + 1))
+        del pool[n:]
     return pools
 
 
@@ -144,6 +158,47 @@ def bidi_scores(forward: torch.Tensor, backward: torch.Tensor, lengths: torch.Te
                 length_weight: float) -> torch.Tensor:
     """MMI-bidi's reranking score log p(T | S) + λ log p(S | T) + γ |T| (any shape)."""
     return forward + lam * backward + length_weight * lengths
+
+
+@dataclass
+class NBest:
+    """N-best lists flattened: hypothesis ``j`` belongs to example ``rows[j]`` and has
+    forward log p(T | S), backward log p(S | T) and its length in words."""
+
+    rows: list[int]
+    hyps: list[list[int]]
+    forward: torch.Tensor
+    backward: torch.Tensor
+    lengths: torch.Tensor
+
+    def best(self, size: int, lam: float, length_weight: float) -> list[list[int]]:
+        """Each example's hypothesis of highest ``bidi_scores`` (ties: the earlier, i.e. the better forward)."""
+        total = bidi_scores(self.forward, self.backward, self.lengths, lam, length_weight).tolist()
+        best: dict[int, tuple[float, list[int]]] = {}
+        for r, h, s in zip(self.rows, self.hyps, total, strict=True):
+            if r not in best or s > best[r][0]:
+                best[r] = (s, h)
+        return [best[i][1] for i in range(size)]
+
+
+def tune(bidi: Bidi, batches: Iterable[Batch], references: Sequence[str], decode: Callable[[list[int]], str]
+         ) -> tuple[float, float, list[dict]]:
+    """λ and γ of highest validation BLEU (the mean of BLEU-1..4, pipeline.evaluation.metrics)
+    over ``bidi.cfg``'s grids: the N-best lists are built and scored once, then every grid
+    point only reranks them. ``batches`` cover the examples of ``references`` in order.
+    Returns (λ, γ, every grid point with its BLEU, Dist-2 and top reply share)."""
+    from pipeline.evaluation.metrics import bleu_metrics, degeneracy, distinct
+
+    lists = [(batch.size, bidi.lists(batch)) for batch in batches]
+    table = []
+    for lam in bidi.cfg.lam_grid:
+        for gamma in bidi.cfg.length_grid:
+            replies = [decode(h) for size, nb in lists for h in nb.best(size, lam, gamma)]
+            bleu = bleu_metrics(list(references), replies)
+            table.append({"lam": lam, "length_weight": gamma, "bleu": sum(bleu.values()) / 4, **bleu,
+                          "distinct_2": distinct([r.split() for r in replies], 2), **degeneracy(replies)})
+    best = max(table, key=lambda row: (row["bleu"], -row["lam"], -row["length_weight"]))  # ties: the smaller knobs
+    return best["lam"], best["length_weight"], table
 
 
 def hypotheses_batch(batch: Batch, rows: list[int], hyps: list[list[int]], pad: int) -> Batch:
@@ -170,19 +225,18 @@ class Bidi(nn.Module):
         self.pad, self.bos, self.eos = forward.pad, forward.bos, forward.eos
 
     @torch.no_grad()
-    def choose(self, batch: Batch) -> list[list[int]]:
+    def lists(self, batch: Batch) -> NBest:
+        """Each example's N-best list with its three reranking terms."""
         pools = nbest(self.forward_model, batch, self.cfg.n_best, self.max_len)
         rows = [i for i, pool in enumerate(pools) for _ in pool]
         hyps = [h for pool in pools for h, _ in pool]
         fwd = torch.tensor([s for pool in pools for _, s in pool])
         bwd = self.backward(hypotheses_batch(batch, rows, hyps, self.pad), method="sequence_log_prob").float().cpu()
         lengths = torch.tensor([float(len([t for t in h if t != self.eos])) for h in hyps])
-        total = bidi_scores(fwd, bwd, lengths, self.cfg.lam, self.cfg.length_weight)
-        best: dict[int, tuple[float, list[int]]] = {}
-        for r, h, s in zip(rows, hyps, total.tolist(), strict=True):
-            if r not in best or s > best[r][0]:
-                best[r] = (s, h)
-        return [best[i][1] for i in range(batch.size)]
+        return NBest(rows, hyps, fwd, bwd, lengths)
+
+    def choose(self, batch: Batch) -> list[list[int]]:
+        return self.lists(batch).best(batch.size, self.cfg.lam, self.cfg.length_weight)
 
     def encode(self, batch: Batch) -> State:
         chosen = self.choose(batch)
