@@ -307,7 +307,7 @@ MODEL_KEYS: dict[str, dict[str, Spec]] = {
     "seq2seq": {},
     "gpmn": {"idf": Choice("table", "persona"), "idf_missing": Float(min=0)},
     "postks": {"bow_warmup_epochs": Int(min=0), "gumbel_tau": Float(gt=0), "kl_detach_posterior": Bool(),
-               "bow_tied": Bool()},
+               "bow_tied": Bool(), "posterior_query": Choice("concat", "response")},
     "pednet": {"k": Int(min=1), "gamma": Float(min=0, max=1), "hops": Int(min=1),
                "hop_residual": Choice("query", "previous"), "nll_weight": Float(min=0),
                "persona_weight": Float(min=0), "task_seed": Int(min=0), "select_none": Bool(),

@@ -295,8 +295,8 @@ def evaluate(model: Generator, dataset: DialogueDataset, batch_size: int, device
     d = d or Dist()
     was_training = model.training
     model.eval()
-    # nll_sum, n_tokens, persona_correct, persona_total, persona_ce_sum, n_examples
-    sums = torch.zeros(6, dtype=torch.float64)
+    # nll_sum, n_tokens, persona_correct, persona_total, persona_ce_sum, n_examples, posterior_correct
+    sums = torch.zeros(7, dtype=torch.float64)
     batches = shard(sorted_batches(dataset.lengths(), batch_size), d.rank, d.world, equal=False)
     for index in batches:
         batch = dataset.collate(index).to(device)
@@ -304,16 +304,19 @@ def evaluate(model: Generator, dataset: DialogueDataset, batch_size: int, device
             out = model.loss(batch)
         ce = float(out["persona_ce"]) * batch.size if "persona_ce" in out else math.nan
         sums += torch.tensor([float(out["nll_sum"]), float(out["n_tokens"]), float(out.get("persona_correct", 0)),
-                              float(out.get("persona_total", 0)), ce, batch.size], dtype=torch.float64)
+                              float(out.get("persona_total", 0)), ce, batch.size,
+                              float(out.get("posterior_correct", math.nan))], dtype=torch.float64)
     if d.world > 1:
         sums = sums.to(device)
         dist.all_reduce(sums)
         sums = sums.cpu()
     model.train(was_training)
-    nll_sum, n_tokens, correct, total, ce_sum, n = sums.tolist()
+    nll_sum, n_tokens, correct, total, ce_sum, n, posterior = sums.tolist()
     metrics = {"nll": nll_sum / max(n_tokens, 1), "ppl": perplexity(nll_sum, n_tokens)}
     if total > 0:
         metrics["persona_acc"] = correct / total
+        if not math.isnan(posterior):  # PostKS: its posterior's selection (what the prior learns from)
+            metrics["posterior_acc"] = posterior / total
     if not math.isnan(ce_sum):
         metrics["persona_ce"] = ce_sum / max(n, 1)
     return metrics

@@ -118,6 +118,25 @@ def test_persona_accuracy_counts_labelled_examples(data, vocab):
     assert int(out["persona_correct"]) == int(((pick == batch.persona_label) & labelled).sum())
 
 
+@pytest.mark.parametrize("query", ["concat", "response"])
+def test_validation_counts_the_posteriors_selection_too(data, vocab, query):
+    from pipeline.train import evaluate
+
+    model, ds = make(data, vocab, posterior_query=query)
+    assert hasattr(model, "posterior_query")  # the paper's map exists either way (unused for "response")
+    model.eval()
+    batch = ds.collate(list(range(len(ds))))
+    out = model.loss(batch)
+    _, u_p = model.persona_encoder(model.embeddings(batch.persona), batch.persona_mask)
+    posterior = model.posterior_logits(batch, model.encode(batch)["hidden"][:, -1], u_p)
+    labelled = batch.persona_label >= 0
+    assert int(out["posterior_correct"]) == int(((posterior.argmax(-1) == batch.persona_label) & labelled).sum())
+    metrics = evaluate(model, ds, 4, torch.device("cpu"))
+    assert metrics["posterior_acc"] == pytest.approx(int(out["posterior_correct"]) / int(out["persona_total"]))
+    model.train()
+    assert "posterior_logits" in model.encode(batch)
+
+
 def test_sequence_log_prob_matches_nll(data, vocab):
     model, ds = make(data, vocab)
     model.eval()

@@ -24,7 +24,11 @@ Decisions where the papers are silent:
   output matrix (the word embeddings); ``bow_tied: true`` shares it.
 - The persona encoder is the context encoder (shared weights).
 - ``persona_correct`` counts the prior's argmax against the optimal-persona label, over
-  examples whose label is not None (PostKS has no "no persona" choice).
+  examples whose label is not None (PostKS has no "no persona" choice); in validation
+  ``posterior_correct`` counts the posterior's (``posterior_acc`` in the curves: the prior
+  learns from it through the KL, so a posterior at chance leaves the prior at chance).
+- ``posterior_query``: ``concat`` (the paper: W [u(X); u(Y)], a new randomly initialised
+  map) or ``response`` (Baidu's code: u(Y) alone, informative from the first step).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from pipeline.models import ModelContext, State, register
 from pipeline.models.layers import NEG_INF, Attention, PersonaEncoder, Readout
 from pipeline.models.seq2seq import Seq2Seq
 
-DEFAULTS = {"bow_warmup_epochs": 1, "gumbel_tau": 0.1, "kl_detach_posterior": True, "bow_tied": False}
+DEFAULTS = {"bow_warmup_epochs": 1, "gumbel_tau": 0.1, "kl_detach_posterior": True, "bow_tied": False,
+            "posterior_query": "concat"}
 
 
 @register("postks")
@@ -67,9 +72,7 @@ class PostKS(Seq2Seq):
         prior = self.prior_attention.scores(u_x, u_p).masked_fill(~exists, NEG_INF)
         state = {**state, "prior_logits": prior}
         if self.training:
-            _, h_y = self.encoder(self.embeddings(batch.response), batch.response_mask)
-            query = self.posterior_query(torch.cat([u_x, h_y[-1]], -1))
-            posterior = self.prior_attention.scores(query, u_p).masked_fill(~exists, NEG_INF)
+            posterior = self.posterior_logits(batch, u_x, u_p)
             onehot = F.gumbel_softmax(posterior.float(), tau=self.params["gumbel_tau"], hard=True).to(u_p.dtype)
             state["posterior_logits"] = posterior
         else:
@@ -77,6 +80,15 @@ class PostKS(Seq2Seq):
         state["knowledge"] = torch.bmm(onehot.unsqueeze(1), u_p).squeeze(1)  # u(p_k) [B, H]
         state["selected"] = onehot.argmax(-1)
         return state
+
+    def posterior_logits(self, batch: Batch, u_x: torch.Tensor, u_p: torch.Tensor) -> torch.Tensor:
+        """p(k | X, Y)'s logits over the persona sentences (training; validation's posterior_acc)."""
+        _, h_y = self.encoder(self.embeddings(batch.response), batch.response_mask)
+        if self.params["posterior_query"] == "response":  # Baidu's code: u(Y) alone, no new weights
+            query = h_y[-1]
+        else:  # the paper: W [u(X); u(Y)]
+            query = self.posterior_query(torch.cat([u_x, h_y[-1]], -1))
+        return self.prior_attention.scores(query, u_p).masked_fill(~batch.persona_exists, NEG_INF)
 
     def extra_contexts(self, state: State, query: torch.Tensor) -> list[torch.Tensor]:
         return [state["knowledge"]]
@@ -107,6 +119,10 @@ class PostKS(Seq2Seq):
             out["persona_correct"] = ((state["prior_logits"].argmax(-1) == batch.persona_label) & labelled).sum()
             out["persona_total"] = labelled.sum()
         if not self.training:  # validation: what decoding does (prior selection), NLL only
+            if batch.persona_label is not None:  # and whether the posterior it learns from selects at all
+                _, u_p = self.persona_encoder(self.embeddings(batch.persona), batch.persona_mask)
+                posterior = self.posterior_logits(batch, state["hidden"][:, -1], u_p)
+                out["posterior_correct"] = ((posterior.argmax(-1) == batch.persona_label) & labelled).sum()
             return {**self.nll_terms(batch, state), **out}
         bow = self.bow_loss(batch, state["knowledge"])
         kl = self.kl(state)
