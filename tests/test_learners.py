@@ -510,7 +510,10 @@ def test_reward_control_averages_each_source_over_the_same_rows(data_dir, vocab)
     rl, ds = rl_setup(data_dir, vocab)
     sources = {"gold": lambda b: b.response, "dull": constant(vocab, "i do not know .")}
     table = reward_table(rl, ds, sources, rows=10, batch_size=4)
-    assert set(table) == {"gold", "dull"} and set(table["gold"]) == {"ease", "flow", "coherence", "reward"}
+    assert set(table) == {"gold", "dull"} and set(table["gold"]) == {
+        "ease", "flow", "coherence", "coherence_forward", "coherence_backward", "reward"}
+    assert table["gold"]["coherence"] == pytest.approx(
+        table["gold"]["coherence_forward"] + table["gold"]["coherence_backward"], rel=1e-5)
     # by hand over all 10 rows at once: the batch size must not matter
     batch = ds.collate(list(range(10)))
     want = rl.rewards(batch, constant(vocab, "i do not know .")(batch))

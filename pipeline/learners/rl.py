@@ -144,10 +144,17 @@ def information_flow(scorer, batch: Batch, replies: torch.Tensor, pad: int, cos_
 
 
 @torch.no_grad()
-def semantic_coherence(scorer: Generator, backward, sampled: Batch) -> torch.Tensor:
-    """[B] r3 = (1/N_a) log p(a | context) + (1/N_q) log p_backward(q | a)."""
+def coherence_terms(scorer: Generator, backward, sampled: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """r3's two halves, [B] each: (1/N_a) log p(a | context) and (1/N_q) log p_backward(q | a).
+    Apart in the reward control: the forward half alone favours the likeliest, most generic reply."""
     forward = scorer.sequence_log_prob(sampled).float() / token_counts(sampled)
     back = backward.sequence_log_prob(sampled).float() / backward.source_tokens(sampled).clamp(min=1).float()
+    return forward, back
+
+
+def semantic_coherence(scorer: Generator, backward, sampled: Batch) -> torch.Tensor:
+    """[B] r3 = (1/N_a) log p(a | context) + (1/N_q) log p_backward(q | a)."""
+    forward, back = coherence_terms(scorer, backward, sampled)
     return forward + back
 
 
@@ -199,9 +206,11 @@ class DeepRL:
         sampled = with_replies(batch, replies, pad)
         r1 = ease_of_answering(self.scorer, replies, self.dull, pad)
         r2 = information_flow(self.scorer, batch, replies, pad, self.cfg.cos_floor)
-        r3 = semantic_coherence(self.scorer, self.backward, sampled)
+        r3_forward, r3_backward = coherence_terms(self.scorer, self.backward, sampled)
+        r3 = r3_forward + r3_backward
         total = self.cfg.ease_weight * r1 + self.cfg.flow_weight * r2 + self.cfg.coherence_weight * r3
-        return {"ease": r1, "flow": r2, "coherence": r3, "reward": total}
+        return {"ease": r1, "flow": r2, "coherence": r3, "coherence_forward": r3_forward,
+                "coherence_backward": r3_backward, "reward": total}
 
     def __call__(self, model, batch: Batch, epoch: int = 0, step: int = 0, **ctx) -> dict:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
