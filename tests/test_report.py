@@ -304,7 +304,8 @@ def test_stage_renders_tables_claims_case_study_and_not_run(project):
         "Not run yet: PostKS, Seq2Seq (multi-turn), Seq2Seq (multi-turn) + GCL, "
         "Seq2Seq (multi-turn) + GCL, last step, PEDNet + GCL, last step, HRED (multi-turn), HRED (multi-turn) + GCL, "
         "Transformer (multi-turn), Transformer (multi-turn) + GCL, Transformer (multi-turn) + GCL, last step, "
-        "HRAN (multi-turn), HRAN (multi-turn) + GCL, HRAN (multi-turn) + GCL, last step, Adversarial (Seq2Seq, multi-turn), last step, MMI-bidi (Seq2Seq, multi-turn), "
+        "HRAN (multi-turn), HRAN (multi-turn) + GCL, HRAN (multi-turn) + GCL, last step, "
+        "HRED (multi-turn) + GCL, last step, Adversarial (Seq2Seq, multi-turn), last step, MMI-bidi (Seq2Seq, multi-turn), "
         "MMI-antiLM (Seq2Seq, multi-turn), DeepRL (Seq2Seq, multi-turn), CVAE (Seq2Seq, multi-turn), "
         "DialogWAE (Seq2Seq, multi-turn)." in text
     )

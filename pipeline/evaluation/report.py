@@ -47,6 +47,7 @@ DISPLAY = {
     "hran_history": "HRAN (multi-turn)",
     "hran_history_gcl": "HRAN (multi-turn) + GCL",
     "hran_history_gcl_last": "HRAN (multi-turn) + GCL, last step",
+    "hred_history_gcl_last": "HRED (multi-turn) + GCL, last step",
     "seq2seq_history_adversarial_last": "Adversarial (Seq2Seq, multi-turn), last step",
     "seq2seq_history_mmi": "MMI-bidi (Seq2Seq, multi-turn)",
     "seq2seq_history_mmi_antilm": "MMI-antiLM (Seq2Seq, multi-turn)",
@@ -585,7 +586,7 @@ PerSeed = Mapping[str, Mapping[int, Mapping[str, float]]]  # run -> training see
 
 # Each generator's GCL run against its MLE-only control (`<reference>_gcl_mle_only`, gcl.cl_weight 0)
 GCL_GENERATORS = [("seq2seq_history", "Seq2Seq"), ("hred_history", "HRED"), ("transformer_history", "Transformer"),
-                  ("hran_history", "HRAN")]  # fmt: skip
+                  ("hran_history", "HRAN"), ("pednet", "PEDNet")]  # fmt: skip
 CONTROL_COLUMNS = [("Dist-1", "distinct_1", 3), ("Dist-2", "distinct_2", 3), ("Dist-3", "distinct_3", 3),
                    ("BLEU-1", "bleu_1", 2), ("BLEU-2", "bleu_2", 2)]  # fmt: skip
 
@@ -879,7 +880,8 @@ def render_gcl_ablations(per_seed: PerSeed, seeds: Sequence[int], plot_name: str
         "above. This separates the contrastive term from what a few hundred more MLE steps do: a GCL gain "
         "over the MLE baseline that this Δ does not show is continued training, not contrast. Selected "
         "checkpoints equal to step 0 (the reference) on both sides give Δ exactly 0. \"not run\": a side "
-        "without metrics (HRED's GCL checkpoints predate `generate_last`; HRAN's control is not run).",
+        "without metrics (the controls are run by hand: `python -m stages.train_gcl <reference> --run "
+        "<reference>_gcl_mle_only --seed K`, then `generate --checkpoint last` and `evaluate`).",
         "",
         "## The default objective against its alternatives",
         "",

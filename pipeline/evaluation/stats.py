@@ -114,7 +114,7 @@ GCL_METRICS = ("distinct_1", "distinct_2", "distinct_3", "bleu_1", "bleu_2", "bl
 # GCL Table 2(a)'s generators besides Seq2Seq, each trained by MLE (X) and by GCL (X_gcl)
 GCL_GENERATORS = ("hred_history", "transformer_history", "hran_history")
 # ... of which these have their GCL training's last step decoded too (stage generate_last)
-GCL_LAST = ("transformer_history", "hran_history", "pednet")
+GCL_LAST = ("hred_history", "transformer_history", "hran_history", "pednet")
 # GCL Table 3: the learning approaches GCL is compared with, all on Seq2Seq (history context)
 GCL_RUN = "seq2seq_history_gcl"
 GCL_TABLE3_LEARNERS = (
