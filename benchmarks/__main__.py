@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("--raw", default="data/raw", help="ParlAI files to replicate for the scale runs")
     ap.add_argument("--scales", default="1,3,9,18", help="replication factors, e.g. 1,3 ('' skips)")
+    ap.add_argument("--scale-keep", default="",
+                    help="scale: factors whose entries of the last run are kept (a resumed run), e.g. 1")
     ap.add_argument("--scale-steps", default="5,35",
                     help="scale: the two max_steps caps of every training stage (seconds per step from their difference)")
     ap.add_argument("--scale-full-up-to", type=int, default=3,
@@ -221,12 +223,15 @@ def main(argv: list[str] | None = None) -> None:
         steps = tuple(int(x) for x in args.scale_steps.split(","))
         knobs = {"steps": steps, "full_up_to": args.scale_full_up_to, "sample_rows": args.scale_sample_rows,
                  "decode_rows": args.scale_decode_rows, "eval_examples": 500}
-        results["scale"] = {}
+        keep = {f"x{f}" for f in args.scale_keep.split(",") if f}  # resumed: those factors as measured before
+        results["scale"] = {stage: {k: v for k, v in runs.items() if k in keep}
+                            for stage, runs in (previous.get("scale") or {}).items()}
+        done = sorted(int(k[1:]) for k in keep)
         for i, factor in enumerate(factors):  # saved after each factor: a stopped run keeps what it measured
             with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
                 for stage, entries in bench_scale(Path(args.raw).resolve(), [factor], Path(tmp), **knobs).items():
                     results["scale"].setdefault(stage, {}).update(entries)
-            record_scale(results, factors[: i + 1], knobs, previous)
+            record_scale(results, sorted({*done, *factors[: i + 1]}), knobs, previous)
             results.setdefault("measured_on", {})["scale"] = measured_on()
             save(out, results)
 

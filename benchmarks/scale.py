@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,15 +62,41 @@ BEFORE_TRAINING = (*PREPROCESSING, "msn", "matcher", "score_groups", "select_gro
 GOAL = {"factor": 9, "minutes": 15, "peak_rss_gb": 8}  # fetch -> groups at the full corpus's size
 
 
+_UTTERANCE = re.compile(r"^(\d+ )(your persona: |partner's persona: )?(.*)$")
+
+
+def marked_copy(text: str, k: int) -> str:
+    """Copy ``k`` of a ParlAI file with every utterance and persona sentence starting with the
+    word ``copy<k>`` (``__SILENCE__`` kept): the copies' sentences are distinct, so the stages
+    that encode each distinct sentence once (persona_labels, the matcher, score_groups) see
+    k× the distinct texts, as a k× larger real corpus would, not the same texts again."""
+    if k == 0:
+        return text
+    out = []
+    for line in text.splitlines():
+        m = _UTTERANCE.match(line)
+        if m is None:
+            out.append(line)
+            continue
+        number, persona, rest = m.group(1), m.group(2) or "", m.group(3)
+        fields = rest.split("\t")
+        for i in range(min(2, len(fields))):  # utterance and response; candidates as they are
+            if fields[i].strip() != "__SILENCE__":
+                fields[i] = f"copy{k} {fields[i]}"
+        out.append(number + persona + "\t".join(fields))
+    return "\n".join(out) + "\n"
+
+
 def replicate_corpus(src: Path, dst: Path, factor: int) -> Path:
-    """Concatenate every ParlAI file ``factor`` times: each copy's dialogues get fresh ids
+    """Concatenate ``factor`` copies of every ParlAI file (``marked_copy``: copy k's sentences
+    start with ``copy<k>``; copy 0 is the file itself): each copy's dialogues get fresh ids
     because `prepare` numbers dialogues by position."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.glob("*.txt")):
         text = f.read_text(encoding="utf-8")
         if not text.endswith("\n"):
             text += "\n"
-        (dst / f.name).write_text(text * factor, encoding="utf-8")
+        (dst / f.name).write_text("".join(marked_copy(text, k) for k in range(factor)), encoding="utf-8")
     return dst
 
 

@@ -63,3 +63,23 @@ def test_growth_exponent_and_render_of_old_results():
     assert g == {"groups": 2.0, "prepare": 1.0}
     lines = scale.render({"scale": runs, "scale_growth": scale.growth(runs, [1, 3, 9])})
     assert any(line.startswith("| groups | 2.0 / 1 | 18.0 / 1 | 162.0 / 1 | 2.0 |") for line in lines)
+
+
+def test_replicated_copies_are_distinct_text_with_the_same_structure(tmp_path):
+    from benchmarks.scale import replicate_corpus
+
+    from pipeline.preprocessing import parlai
+
+    src = tmp_path / "src"
+    src.mkdir()
+    text = ("1 your persona: i like dogs.\n2 your persona: i run.\n3 __SILENCE__\thi there\n"
+            "4 how are you ?\tfine , thanks\n1 your persona: i am a nurse.\n2 hello\thi\n")
+    (src / "train_self_original_no_cands.txt").write_text(text)
+    out = replicate_corpus(src, tmp_path / "x3", 3) / "train_self_original_no_cands.txt"
+    dialogues = parlai.read_dialogues(out)
+    assert len(dialogues) == 6 and out.read_text().startswith(text)  # copy 0 is the file itself
+    assert dialogues[2].persona == ["copy1 i like dogs."] and dialogues[4].turns[0].query == "__SILENCE__"
+    assert dialogues[4].turns[0].response == "copy2 hi there"
+    # every sentence distinct across copies: the deduplicating stages see 3x the texts
+    sentences = [t.response for d in dialogues for t in d.turns] + [p for d in dialogues for p in d.persona]
+    assert len(set(sentences)) == len(sentences)
