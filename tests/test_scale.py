@@ -78,7 +78,7 @@ def test_replicated_copies_are_distinct_text_with_the_same_structure(tmp_path):
     out = replicate_corpus(src, tmp_path / "x3", 3) / "train_self_original_no_cands.txt"
     dialogues = parlai.read_dialogues(out)
     assert len(dialogues) == 6 and out.read_text().startswith(text)  # copy 0 is the file itself
-    assert dialogues[2].persona == ["copy1 i like dogs."] and dialogues[4].turns[0].query == "__SILENCE__"
+    assert dialogues[2].persona == ["copy1 i like dogs.", "copy1 i run."] and dialogues[4].turns[0].query == "__SILENCE__"
     assert dialogues[4].turns[0].response == "copy2 hi there"
     # every sentence distinct across copies: the deduplicating stages see 3x the texts
     sentences = [t.response for d in dialogues for t in d.turns] + [p for d in dialogues for p in d.persona]
