@@ -22,8 +22,11 @@ $(VENV)/.installed: pyproject.toml
 repro: install
 	$(BIN)/dvc exp run $(if $(DATA),-S 'fetch.source=$(DATA)')
 
+# Two workers (pytest-xdist), each test file on one: the whole-DAG test on one core, the rest
+# on the other. PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check pipeline stages tests

@@ -221,7 +221,7 @@ def test_generate_then_evaluate_then_report(tmp_path, data, vocab, seq2seq, monk
 
     evaluate.main(["seq2seq", "--seed", "1"])
     values = json.loads((tmp_path / "reports/metrics/seq2seq/seed1.json").read_text())
-    assert set(values) == set(metrics.METRIC_KEYS) | set(metrics.QUERY_KEYS) | {"n_examples"}
+    assert set(values) == set(metrics.METRIC_KEYS) | set(metrics.DEGENERACY_KEYS) | set(metrics.QUERY_KEYS) | {"n_examples"}
     assert values["query_gain"] == pytest.approx(float(np.mean(own - shuffled)))
     assert values["query_gain"] == pytest.approx(values["query_log_p_own"] - values["query_log_p_shuffled"])
 
@@ -229,7 +229,7 @@ def test_generate_then_evaluate_then_report(tmp_path, data, vocab, seq2seq, monk
     pq.write_table(table.select(GENERATIONS_LEGACY.names), tmp_path / "reports/generations/seq2seq/seed2.parquet")
     evaluate.main(["seq2seq", "--seed", "2"])
     old = json.loads((tmp_path / "reports/metrics/seq2seq/seed2.json").read_text())
-    assert set(old) == set(metrics.METRIC_KEYS) | {"n_examples"}
+    assert set(old) == set(metrics.METRIC_KEYS) | set(metrics.DEGENERACY_KEYS) | {"n_examples"}
     assert {k: old[k] for k in metrics.METRIC_KEYS} == {k: values[k] for k in metrics.METRIC_KEYS}
     controls.main()
     assert pq.read_table("reports/generations/gold/control.parquet").column("log_p_own").null_count > 0
