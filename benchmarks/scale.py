@@ -548,6 +548,8 @@ def render(results: dict) -> list[str]:
     m = results.get("scale_meta", {})
     exponent = results.get("scale_growth_exponent") or growth_exponent(scale)
     lines = ["", "## Scale: every stage up to reference_scores on the corpus replicated N times", ""]
+    if results.get("scale_caveats"):  # what a reader must know before trusting a cell (written by hand)
+        lines += ["**Caveats.** " + " ".join(results["scale_caveats"]), ""]
     if m:
         lines += [f"Measured on {m['cpu']} ({m.get('date', '')}). Training stages: {m['steps'][1]} optimizer steps "
                   f"(seconds per step from {m['steps'][0]} vs {m['steps'][1]} steps), whole stage projected from them; "
