@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("--raw", default="data/raw", help="ParlAI files to replicate for the scale runs")
     ap.add_argument("--scales", default="1,3,9,18", help="replication factors, e.g. 1,3 ('' skips)")
+    ap.add_argument("--scale-stages", default="",
+                    help="scale: only these stages, e.g. fetch,prepare,embeddings,pmi,persona_labels,congeneric,groups")
     ap.add_argument("--scale-keep", default="",
                     help="scale: factors whose entries of the last run are kept (a resumed run), e.g. 1")
     ap.add_argument("--scale-steps", default="5,35",
@@ -229,7 +231,9 @@ def main(argv: list[str] | None = None) -> None:
         done = sorted(int(k[1:]) for k in keep)
         for i, factor in enumerate(factors):  # saved after each factor: a stopped run keeps what it measured
             with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
-                for stage, entries in bench_scale(Path(args.raw).resolve(), [factor], Path(tmp), **knobs).items():
+                only_stages = [x for x in args.scale_stages.split(",") if x] or None
+                for stage, entries in bench_scale(Path(args.raw).resolve(), [factor], Path(tmp), only_stages,
+                                                  **knobs).items():
                     results["scale"].setdefault(stage, {}).update(entries)
             record_scale(results, sorted({*done, *factors[: i + 1]}), knobs, previous)
             results.setdefault("measured_on", {})["scale"] = measured_on()
