@@ -179,7 +179,7 @@ def assert_numbers_close(x, y, where: str) -> None:
             assert_numbers_close(x[k], y[k], f"{where}.{k}")
     elif isinstance(x, list):
         assert len(x) == len(y), where
-        for i, (u, v) in enumerate(zip(x, y)):
+        for i, (u, v) in enumerate(zip(x, y, strict=True)):
             assert_numbers_close(u, v, f"{where}[{i}]")
     elif isinstance(x, float) or isinstance(y, float):
         assert math.isclose(x, y, rel_tol=ATOL, abs_tol=ATOL), f"{where}: {x} vs {y}"

@@ -67,7 +67,6 @@ def test_growth_exponent_and_render_of_old_results():
 
 def test_replicated_copies_are_distinct_text_with_the_same_structure(tmp_path):
     from benchmarks.scale import replicate_corpus
-
     from pipeline.preprocessing import parlai
 
     src = tmp_path / "src"

@@ -21,9 +21,8 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 
+from pipeline.evaluation import metrics, stats
 from pipeline.evaluation import paper_results as paper
-from pipeline.evaluation import stats
-from pipeline.evaluation import metrics
 from pipeline.evaluation.metrics import METRIC_KEYS
 from pipeline.evaluation.stats import NOT_RUN
 from pipeline.io import InputError, atomic_path
