@@ -179,11 +179,12 @@ def _stage_minutes(project: Path, stage: str, run: str, upstream: list[str]) -> 
     if same:
         own, cpu, how = same[0]["wall_seconds"] / 60, same[0].get("cpu", "this CPU"), "measured"
     else:
-        projected = read("benchmarks.json").get("details", {}).get("projection", {}).get("mle_runs", {}).get(run)
+        bench = read("benchmarks.json")
+        projected = bench.get("details", {}).get("projection", {}).get("mle_runs", {}).get(run)
         if not projected:
             return ""
         own = projected["minutes"] / max(len(projected.get("committed_steps", [])), 1)
-        cpu, how = read("benchmarks.json").get("measured_on", {}).get("projection", "this CPU").split(",")[0], "projected"
+        cpu, how = bench.get("measured_on", {}).get("projection", "this CPU").split(",")[0], "projected"
     before = sum(times[s]["wall_seconds"] for s in upstream if s in times) / 60
     need = f"; plus about {before:.0f} min for the stages it needs, if not yet run" if before >= 1 else ""
     return f" (about {own:.0f} min on {cpu}, {how}{need})"

@@ -39,10 +39,12 @@ class InputError(Exception):
         super().__init__(f"{where}: {message}")
 
 
-def load_params(section: str | None = None, path: str | os.PathLike = PARAMS_FILE) -> dict:
+def load_params(section: str | None = None, path: str | os.PathLike = PARAMS_FILE,
+                require: tuple[str, ...] = ()) -> dict:
     """Read ``params.yaml`` (or one top-level section of it), validated up front
     (pipeline.params_schema): a bad key is an InputError ``<section>.<key>: <problem>``
-    before the stage does any work. The whole file: every section with a schema."""
+    before the stage does any work. The whole file: every section, and the sections of
+    ``require`` must be there."""
     from pipeline import params_schema  # it imports InputError from here
 
     with open(path, encoding="utf-8") as f:
@@ -56,7 +58,7 @@ def load_params(section: str | None = None, path: str | os.PathLike = PARAMS_FIL
         raise InputError(path, f"missing section {section!r}")
     try:
         if section is None:
-            params_schema.validate_all(params)
+            params_schema.validate_all(params, require)
         else:
             params_schema.validate(section, params[section])
     except InputError as e:
