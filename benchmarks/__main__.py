@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="scale: factors whose entries of the last run are kept (a resumed run), e.g. 1")
     ap.add_argument("--scale-steps", default="5,35",
                     help="scale: the two max_steps caps of every training stage (seconds per step from their difference)")
-    ap.add_argument("--scale-full-up-to", type=int, default=3,
+    ap.add_argument("--scale-full-up-to", type=int, default=1,
                     help="scale: score_groups/select_groups/reference_scores run whole up to this factor, on a seeded "
                          "sample of pools above it")
     ap.add_argument("--scale-sample-rows", type=int, default=300, help="scale: sampled pools per split above it")
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
             with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
                 only_stages = [x for x in args.scale_stages.split(",") if x] or None
                 for stage, entries in bench_scale(Path(args.raw).resolve(), [factor], Path(tmp), only_stages,
-                                                  **knobs).items():
+                                                  rates=scale.scoring_rates(results["scale"]), **knobs).items():
                     results["scale"].setdefault(stage, {}).update(entries)
             record_scale(results, sorted({*done, *factors[: i + 1]}), knobs, previous)
             results.setdefault("measured_on", {})["scale"] = measured_on()

@@ -205,42 +205,32 @@ def _note(entry: dict, what: str) -> dict:
     return entry
 
 
-def measure_msn(project: Path, env: dict, params: dict, steps, eval_examples: int) -> dict:
-    p = params["msn"]
-    e = _two_runs(["stages.msn"], project, env, steps,
-                  lambda n: _set_params(project, {"msn": {"max_steps": n}}), _rm(project / "checkpoints" / "msn"))
-    report = json.loads((project / "reports" / "msn.json").read_text())
+def measure_ranker(stage: str, project: Path, env: dict, params: dict, steps, eval_examples: int) -> dict:
+    """msn or matcher: two capped runs; whole stage = fixed cost + the configured steps (msn:
+    its epochs; matcher: its epochs capped by its max_steps) + the evaluation of every valid
+    example, scaled from the seconds its report gives for ``eval_examples`` of them."""
+    p = params[stage]
+    e = _two_runs([f"stages.{stage}"], project, env, steps,
+                  lambda n: _set_params(project, {stage: {"max_steps": n}}), _rm(project / "checkpoints" / stage))
     train_rows, valid_rows = _rows(project / "data/prepared/train.parquet"), _rows(project / "data/prepared/valid.parquet")
-    epoch = math.ceil(train_rows / p["batch_size"]) * e["seconds_per_step"]
-    eval_s = max(report["total_seconds"] - report["train_seconds"], 0.0)  # one R10@k pass on eval_examples
-    eval_full = eval_s * valid_rows / min(eval_examples, valid_rows)
-    fixed = max(e["seconds"] - steps[1] * e["seconds_per_step"] - eval_s, 0.0)
-    e.update(steps_per_epoch=math.ceil(train_rows / p["batch_size"]), projected_epoch_seconds=round(epoch, 1),
-             epochs_configured=p["epochs"], eval_seconds=round(eval_s, 2), eval_examples=min(eval_examples, valid_rows),
-             projected_stage_seconds=round(fixed + p["epochs"] * (epoch + eval_full), 1))
-    return _note(e, f"{steps[1]} steps measured (s/step from {steps[0]} vs {steps[1]}); R10@k on "
-                    f"{e['eval_examples']} valid examples; projected: {p['epochs']} epochs + R10@k on every valid example")
-
-
-def measure_matcher(project: Path, env: dict, params: dict, steps, eval_examples: int) -> dict:
-    p = params["matcher"]
-    e = _two_runs(["stages.matcher"], project, env, steps,
-                  lambda n: _set_params(project, {"matcher": {"max_steps": n}}), _rm(project / "checkpoints" / "matcher"))
-    report = json.loads((project / "reports" / "matchers.json").read_text())
-    train_rows, valid_rows = _rows(project / "data/prepared/train.parquet"), _rows(project / "data/prepared/valid.parquet")
+    if stage == "msn":  # one R10@k pass
+        report = json.loads((project / "reports" / "msn.json").read_text())
+        eval_s = max(report["total_seconds"] - report["train_seconds"], 0.0)
+    else:  # the three rankers
+        report = json.loads((project / "reports" / "matchers.json").read_text())
+        eval_s = sum(report[k].get("eval_seconds", 0.0) for k in ("bm25", "minilm_zeroshot", "minilm_finetuned"))
     per_epoch = math.ceil(train_rows / p["batch_size"])
-    epoch = per_epoch * e["seconds_per_step"]
-    eval_s = sum(report[k].get("eval_seconds", 0.0) for k in ("bm25", "minilm_zeroshot", "minilm_finetuned"))
+    configured = p["epochs"] * per_epoch
+    if stage == "matcher" and p.get("max_steps"):
+        configured = min(configured, p["max_steps"])
     shown = min(eval_examples, valid_rows)
     fixed = max(e["seconds"] - steps[1] * e["seconds_per_step"] - eval_s, 0.0)
-    configured = p["epochs"] * per_epoch  # the configured fine-tune: its epochs, capped by its own max_steps
-    if p.get("max_steps"):
-        configured = min(configured, p["max_steps"])
-    e.update(steps_per_epoch=per_epoch, projected_epoch_seconds=round(epoch, 1), epochs_configured=p["epochs"],
-             configured_steps=configured, eval_seconds=round(eval_s, 2), eval_examples=shown,
+    e.update(steps_per_epoch=per_epoch, projected_epoch_seconds=round(per_epoch * e["seconds_per_step"], 1),
+             epochs_configured=p["epochs"], configured_steps=configured, eval_seconds=round(eval_s, 2),
+             eval_examples=shown,
              projected_stage_seconds=round(fixed + configured * e["seconds_per_step"] + eval_s * valid_rows / shown, 1))
-    return _note(e, f"{steps[1]} steps measured (s/step from {steps[0]} vs {steps[1]}); rankers evaluated on {shown} "
-                    f"valid examples; projected: the configured {configured} steps + every valid example")
+    return _note(e, f"{steps[1]} steps measured (s/step from {steps[0]} vs {steps[1]}); evaluated on {shown} valid "
+                    f"examples; projected: the configured {configured} steps + every valid example")
 
 
 def measure_mle(project: Path, env: dict, params: dict, run: str, steps) -> dict:
@@ -300,17 +290,20 @@ def _units(jobs: np.ndarray) -> dict:
     return {"pairs": int(len(jobs) // 2), "texts": int(texts)}
 
 
-def _group_pairs(project: Path, sub: dict) -> tuple[int, float]:
-    """(pairs reference_scores scored on the subset, pairs it would score on the whole pools):
-    sampled rows' mean group size stands in for every non-empty row."""
+def _group_pairs(project: Path, sub: dict | None = None) -> tuple[int, float]:
+    """(pairs reference_scores scored, pairs it would score on the whole pools): on sampled
+    pools (``sub``) the sampled rows' mean group size stands in for every non-empty row."""
     done = full = 0.0
     for split in ("train", "valid"):
         t = pq.read_table(project / "data" / "scored_groups" / f"{split}.parquet",
                           columns=["positive_context_rows", "negative_context_rows"])
         sizes = np.array([len(a) + len(b) for a, b in zip(*(c.to_pylist() for c in t.columns), strict=True)])
+        done += sizes.sum()
+        if sub is None:
+            full += sizes.sum()
+            continue
         picked = np.zeros(len(sizes), dtype=bool)
         picked[sub[split]["picked"]] = True
-        done += sizes.sum()
         mean_group = sizes[picked].mean() if picked.any() else 1.0
         rest = sizes[~picked].mean() if (~picked).any() else 1.0
         n, ne = sub[split]["rows"], sub[split]["nonempty_rows"]
@@ -350,15 +343,18 @@ def _decode_data(project: Path, rows: int, seed: int = 1) -> tuple[Path, int, in
     return project / "data_decode", len(take), test.num_rows
 
 
-def bench_scale(raw: Path, factors: list[int], workdir: Path, stages=None, *, steps=(5, 35), full_up_to: int = 3,
+def bench_scale(raw: Path, factors: list[int], workdir: Path, stages=None, *, steps=(5, 35), full_up_to: int = 1,
                 sample_rows: int = 300, decode_rows: int = 1000, eval_examples: int = 500,
-                overrides: dict | None = None) -> dict:
+                overrides: dict | None = None, rates: dict | None = None) -> dict:
     """{stage: {"x<F>": entry}} for every stage of STAGES (``stages``: a subset; the
     preprocessing names alone reproduce the old benchmark) at every factor. Each entry has
     ``seconds`` and ``peak_rss_bytes`` of the (long) measured run, ``how`` it was measured, a
     ``note`` and ``cost_seconds``: the whole stage at that factor (measured, or projected for
-    max_steps / subset / decode entries), what growth, totals and the DAG projection read."""
+    max_steps / subset / decode entries), what growth, totals and the DAG projection read.
+    ``rates``: the scoring stages' seconds per unit from an earlier x1 run (`scoring_rates`);
+    a factor up to ``full_up_to`` measures its own."""
     stages = tuple(STAGES if stages is None else stages)
+    rates = dict(rates or {})
     env = dict(os.environ, PIPELINE_NO_PROGRESS="1", PYTHONPATH="")
     results: dict = {}
     for factor in factors:
@@ -379,20 +375,17 @@ def bench_scale(raw: Path, factors: list[int], workdir: Path, stages=None, *, st
         for stage in PREPROCESSING:
             if stage in stages:
                 put(stage, _stage([f"stages.{stage}"], project, env))
-        if "msn" in stages:
-            put("msn", measure_msn(project, env, params, steps, eval_examples))
-        if "matcher" in stages:
-            put("matcher", measure_matcher(project, env, params, steps, eval_examples))
+        for stage in ("msn", "matcher"):
+            if stage in stages:
+                put(stage, measure_ranker(stage, project, env, params, steps, eval_examples))
         if {"train@seq2seq_history", "reference_scores", "decode@seq2seq_history"} & set(stages):
             e = measure_mle(project, env, params, "seq2seq_history", steps)
             if "train@seq2seq_history" in stages:
                 put("train@seq2seq_history", e)
         scoring = [s for s in ("score_groups", "select_groups", "reference_scores") if s in stages]
-        if factor <= full_up_to:
-            for stage in scoring:
-                put(stage, _stage(_SCORING[stage], project, env))
-        elif scoring:
-            for stage, e in _sampled_scoring(project, env, params, scoring, sample_rows).items():
+        if scoring:
+            for stage, e in measure_scoring(project, env, params, scoring, sample_rows, full=factor <= full_up_to,
+                                            rates=rates).items():
                 put(stage, e)
         if "decode@seq2seq_history" in stages:
             put("decode@seq2seq_history", measure_decode(project, env, decode_rows))
@@ -405,47 +398,82 @@ def bench_scale(raw: Path, factors: list[int], workdir: Path, stages=None, *, st
 
 _SCORING = {"score_groups": ["stages.score_groups"], "select_groups": ["stages.select_groups"],
             "reference_scores": ["stages.reference_scores", "seq2seq_history", "--seed", "1"]}
+_UNITS = {"score_groups": "encoded texts", "select_groups": "candidate pairs", "reference_scores": "scored pairs"}
 
 
-def _sampled_scoring(project: Path, env: dict, params: dict, scoring: list[str], sample_rows: int) -> dict:
-    """score_groups -> select_groups -> reference_scores on the pools of ``sample_rows`` and of
-    2 x ``sample_rows`` seeded rows per split; each stage's whole cost = the smaller run +
-    the seconds per work unit between the two x the units the whole pools hold (the fixed
-    cost -- setup, every row's own pair, the per-row loops -- is in both runs, not scaled)."""
+def _pool_units(project: Path, params: dict, sub: dict | None) -> tuple[dict, dict]:
+    """({stage: units processed}, {stage: units of the whole pools}) for score_groups and
+    select_groups, on the sampled pools ``sub`` or the whole ones."""
+    from pipeline.contrastive.groups import pool_jobs
+
     unit = "texts" if params["score_groups"].get("scorer", "msn").startswith("minilm") else "pairs"
-    runs = []
-    for rows in (sample_rows, 2 * sample_rows):
-        sub = _subset_groups(project, rows)
+    if sub is not None:
         done = {"score_groups": sum(sub[s]["subset"][unit] for s in sub),
                 "select_groups": sum(sub[s]["subset"]["pairs"] for s in sub)}
         whole = {"score_groups": sum(sub[s]["whole"][unit] for s in sub),
                  "select_groups": sum(sub[s]["whole"]["pairs"] for s in sub)}
-        measured = {}
-        for stage in scoring:
-            measured[stage] = _stage(_SCORING[stage], project, env)
-            if stage == "reference_scores":
-                done[stage], whole[stage] = _group_pairs(project, sub)
-        runs.append((sub, measured, done, whole))
+        return done, whole
+    units = [_units(pool_jobs(t, t.num_rows)[1])
+             for t in (pq.read_table(project / "data" / "groups" / f"{s}.parquet") for s in ("train", "valid"))]
+    done = {"score_groups": sum(u[unit] for u in units), "select_groups": sum(u["pairs"] for u in units)}
+    return done, dict(done)
+
+
+def _scoring_run(project: Path, env: dict, params: dict, scoring: list[str], sub: dict | None) -> dict:
+    """score_groups -> select_groups -> reference_scores on the current data/groups: {stage:
+    (measurement, units processed, units of the whole pools)}."""
+    done, whole = _pool_units(project, params, sub)
     out = {}
-    units = {"score_groups": unit, "select_groups": "candidate pairs", "reference_scores": "scored pairs"}
     for stage in scoring:
-        (sub, small, d0, whole), (_, big, d1, _) = runs
-        a, b = small[stage], big[stage]
-        per_unit = (b["seconds"] - a["seconds"]) / max(d1[stage] - d0[stage], 1)
-        if per_unit > 0:
-            projected, how = a["seconds"] + per_unit * (whole[stage] - d0[stage]), "difference"
-        else:  # noise above the extra work: linear in the units, setup included (an upper bound)
-            projected, how = b["seconds"] * whole[stage] / max(d1[stage], 1), "upper bound (linear, setup included)"
-        e = {**a, "how": "subset", "projected_full_seconds": round(projected, 1), "projected_from": how,
-             "sample_rows": [r for r in (sample_rows, 2 * sample_rows)], "units": units[stage],
-             "units_measured": [round(d0[stage]), round(d1[stage])], "units_whole": round(whole[stage]),
-             "larger_sample": b}
-        out[stage] = _note(e, f"pools of {sub['train']['sample_rows']} train + {sub['valid']['sample_rows']} valid "
-                              f"seeded rows (and twice that); whole stage projected by {units[stage]} "
-                              f"({round(d0[stage])} measured of {round(whole[stage])})")
+        measured = _stage(_SCORING[stage], project, env)
+        if stage == "reference_scores":
+            done[stage], whole[stage] = _group_pairs(project, sub)
+        out[stage] = (measured, done[stage], whole[stage])
+    return out
+
+
+def measure_scoring(project: Path, env: dict, params: dict, scoring: list[str], sample_rows: int, *, full: bool,
+                    rates: dict) -> dict:
+    """score_groups, select_groups and reference_scores. Their work is linear in units (texts
+    the MiniLM scorer encodes, candidate pairs, scored pairs) on top of a fixed cost (setup,
+    every row's own pair, per-row loops). ``full``: each runs whole, then once more on the
+    pools of ``sample_rows`` seeded rows per split; the two give the seconds per unit
+    (written to ``rates``). Otherwise only the sampled run; the whole stage = that run +
+    the rate from ``rates`` (measured at x1) x the units it left out. (Two samples of one
+    factor differ too little in units for a difference to beat the noise; measured.)"""
+    whole_runs = _scoring_run(project, env, params, scoring, None) if full else {}
+    sub = _subset_groups(project, sample_rows)
+    sampled = _scoring_run(project, env, params, scoring, sub)
+    out = {}
+    for stage in scoring:
+        small, d, w = sampled[stage]
+        sample = {**small, "units": round(d), "sample_rows": [sub[s]["sample_rows"] for s in ("train", "valid")]}
+        if full:
+            big, _, w = whole_runs[stage]
+            rates[stage] = max((big["seconds"] - small["seconds"]) / max(w - d, 1), 0.0)
+            e = {**big, "how": "full", "units": _UNITS[stage], "units_whole": round(w), "sampled_run": sample,
+                 "seconds_per_unit": round(rates[stage], 7)}
+            out[stage] = _note(e, f"whole stage ({round(w)} {_UNITS[stage]}); seconds per unit from it and a run on "
+                                  f"sampled pools ({round(d)} units)")
+            continue
+        if stage in rates:
+            projected, how = small["seconds"] + rates[stage] * (w - d), "x1 seconds per unit"
+        else:  # no x1 calibration: linear in the units, setup included (an upper bound)
+            projected, how = small["seconds"] * w / max(d, 1), "upper bound (linear, setup included)"
+        e = {**small, "how": "subset", "projected_full_seconds": round(projected, 1), "projected_from": how,
+             "sample_rows": sample["sample_rows"], "units": _UNITS[stage], "units_measured": round(d),
+             "units_whole": round(w), "seconds_per_unit": rates.get(stage)}
+        out[stage] = _note(e, f"pools of {sample['sample_rows'][0]} train + {sample['sample_rows'][1]} valid seeded "
+                              f"rows; whole stage = that run + {how} x the {round(w - d)} {_UNITS[stage]} left out")
     shutil.rmtree(project / "data" / "groups")
     shutil.copytree(project / "data" / "groups_whole", project / "data" / "groups")
     return out
+
+
+def scoring_rates(per_stage: dict) -> dict:
+    """The scoring stages' seconds per unit from the entries of a whole (x1) run."""
+    return {s: e["seconds_per_unit"] for s in _SCORING for e in per_stage.get(s, {}).values()
+            if e.get("how") == "full" and e.get("seconds_per_unit") is not None}
 
 
 def meta(factors: list[int], steps, full_up_to: int, sample_rows: int, decode_rows: int, eval_examples: int) -> dict:

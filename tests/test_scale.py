@@ -37,9 +37,14 @@ def test_scale_measures_every_stage_at_both_factors(tmp_path):
             assert e["seconds_per_step"] > 0 and e["projected_epoch_seconds"] > 0 and e["steps_per_epoch"] > 0
             assert e.get("projected_configured_epochs_seconds", e.get("projected_stage_seconds")) > 0
     for stage in ("score_groups", "select_groups", "reference_scores"):
-        assert results["scale"][stage]["x1"]["how"] == "full"
-        assert results["scale"][stage]["x2"]["how"] == "subset"
-        assert results["scale"][stage]["x2"]["projected_full_seconds"] > 0
+        x1, x2 = results["scale"][stage]["x1"], results["scale"][stage]["x2"]
+        assert x1["how"] == "full" and x1["seconds_per_unit"] >= 0
+        assert 0 < x1["sampled_run"]["units"] <= x1["units_whole"]
+        # x2 on sampled pools, projected with x1's seconds per unit
+        assert x2["how"] == "subset" and x2["projected_from"] == "x1 seconds per unit"
+        assert x2["units_measured"] <= x2["units_whole"] and x2["projected_full_seconds"] >= x2["seconds"]
+    assert scale.scoring_rates(results["scale"]) == {s: results["scale"][s]["x1"]["seconds_per_unit"]
+                                                     for s in ("score_groups", "select_groups", "reference_scores")}
     decode = results["scale"]["decode@seq2seq_history"]["x2"]
     assert decode["rows_decoded"] == 5 and decode["test_rows"] > 5 and decode["projected_full_seconds"] > 0
 
