@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[benchmarks] scale {factors} ...", file=sys.stderr)
         steps = tuple(int(x) for x in args.scale_steps.split(","))
         knobs = {"steps": steps, "full_up_to": args.scale_full_up_to, "sample_rows": args.scale_sample_rows,
-                 "decode_rows": args.scale_decode_rows, "eval_examples": 500}
+                 "decode_rows": args.scale_decode_rows}
         keep = {f"x{f}" for f in args.scale_keep.split(",") if f}  # resumed: those factors as measured before
         results["scale"] = {stage: {k: v for k, v in runs.items() if k in keep}
                             for stage, runs in (previous.get("scale") or {}).items()}

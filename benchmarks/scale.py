@@ -16,15 +16,14 @@ own. How each stage is measured (``how`` in its entry):
   (ceil(training rows / batch size) steps), the configured epochs (`train.epochs`, a cap:
   reaching it means "not converged"; MLE epochs plus the per-epoch validation share of
   benchmarks.projection) and, for the MLE runs, the epochs the committed ×1 runs took to
-  converge. msn and matcher validate on a fixed ``eval_examples`` valid examples here
-  (`msn.eval_examples`); their projected stage adds the full valid set's evaluation,
-  scaled from the seconds they report for that subset.
-- ``subset``: above ``full_up_to``, the pools of `groups` are emptied except for a seeded
-  sample of ``sample_rows`` rows per split (train and valid) before score_groups, so that
-  score_groups, select_groups and reference_scores run on that sample (an emptied row keeps
-  only its original pair); their full cost is projected linearly in the work units they
-  process (encoded texts for the MiniLM scorer, candidate pairs for select_groups, scored
-  pairs for reference_scores), setup included, so an upper bound.
+  converge. msn and matcher evaluate as configured (`msn.eval_examples` valid examples:
+  a fixed cost, so their whole stage is the long run + the configured steps it left out).
+- ``subset``: the pools of `groups` emptied except for a seeded sample of ``sample_rows`` rows
+  per split (train and valid) before score_groups, so that score_groups, select_groups and
+  reference_scores run on that sample. Their work is linear in units (texts the MiniLM
+  scorer encodes, candidate pairs, scored pairs) on top of a fixed cost: at ×1 (up to
+  ``full_up_to``) they run whole and on the sample, which gives the seconds per unit; above
+  it, the whole stage = the sampled run + that rate × the units it left out.
 - ``decode``: stages.generate on a seeded sample of ``decode_rows`` test rows (the whole
   split if smaller), projected linearly to the whole test split.
 
@@ -205,32 +204,30 @@ def _note(entry: dict, what: str) -> dict:
     return entry
 
 
-def measure_ranker(stage: str, project: Path, env: dict, params: dict, steps, eval_examples: int) -> dict:
-    """msn or matcher: two capped runs; whole stage = fixed cost + the configured steps (msn:
-    its epochs; matcher: its epochs capped by its max_steps) + the evaluation of every valid
-    example, scaled from the seconds its report gives for ``eval_examples`` of them."""
+def measure_ranker(stage: str, project: Path, env: dict, params: dict, steps) -> dict:
+    """msn or matcher: two capped runs; whole stage = the long run's fixed cost (setup and the
+    evaluation on `msn.eval_examples` valid examples, as configured) + the configured steps
+    (msn: its epochs; matcher: its epochs capped by its max_steps)."""
     p = params[stage]
     e = _two_runs([f"stages.{stage}"], project, env, steps,
                   lambda n: _set_params(project, {stage: {"max_steps": n}}), _rm(project / "checkpoints" / stage))
-    train_rows, valid_rows = _rows(project / "data/prepared/train.parquet"), _rows(project / "data/prepared/valid.parquet")
     if stage == "msn":  # one R10@k pass
         report = json.loads((project / "reports" / "msn.json").read_text())
         eval_s = max(report["total_seconds"] - report["train_seconds"], 0.0)
     else:  # the three rankers
         report = json.loads((project / "reports" / "matchers.json").read_text())
         eval_s = sum(report[k].get("eval_seconds", 0.0) for k in ("bm25", "minilm_zeroshot", "minilm_finetuned"))
-    per_epoch = math.ceil(train_rows / p["batch_size"])
+    per_epoch = math.ceil(_rows(project / "data/prepared/train.parquet") / p["batch_size"])
     configured = p["epochs"] * per_epoch
     if stage == "matcher" and p.get("max_steps"):
         configured = min(configured, p["max_steps"])
-    shown = min(eval_examples, valid_rows)
-    fixed = max(e["seconds"] - steps[1] * e["seconds_per_step"] - eval_s, 0.0)
+    fixed = max(e["seconds"] - steps[1] * e["seconds_per_step"], 0.0)
+    limit = params["msn"].get("eval_examples")
     e.update(steps_per_epoch=per_epoch, projected_epoch_seconds=round(per_epoch * e["seconds_per_step"], 1),
              epochs_configured=p["epochs"], configured_steps=configured, eval_seconds=round(eval_s, 2),
-             eval_examples=shown,
-             projected_stage_seconds=round(fixed + configured * e["seconds_per_step"] + eval_s * valid_rows / shown, 1))
-    return _note(e, f"{steps[1]} steps measured (s/step from {steps[0]} vs {steps[1]}); evaluated on {shown} valid "
-                    f"examples; projected: the configured {configured} steps + every valid example")
+             eval_examples=limit, projected_stage_seconds=round(fixed + configured * e["seconds_per_step"], 1))
+    return _note(e, f"{steps[1]} steps measured (s/step from {steps[0]} vs {steps[1]}); evaluated as configured "
+                    f"(msn.eval_examples={limit}); projected: the configured {configured} steps")
 
 
 def measure_mle(project: Path, env: dict, params: dict, run: str, steps) -> dict:
@@ -344,8 +341,7 @@ def _decode_data(project: Path, rows: int, seed: int = 1) -> tuple[Path, int, in
 
 
 def bench_scale(raw: Path, factors: list[int], workdir: Path, stages=None, *, steps=(5, 35), full_up_to: int = 1,
-                sample_rows: int = 300, decode_rows: int = 1000, eval_examples: int = 500,
-                overrides: dict | None = None, rates: dict | None = None) -> dict:
+                sample_rows: int = 300, decode_rows: int = 1000, overrides: dict | None = None, rates: dict | None = None) -> dict:
     """{stage: {"x<F>": entry}} for every stage of STAGES (``stages``: a subset; the
     preprocessing names alone reproduce the old benchmark) at every factor. Each entry has
     ``seconds`` and ``peak_rss_bytes`` of the (long) measured run, ``how`` it was measured, a
@@ -358,9 +354,7 @@ def bench_scale(raw: Path, factors: list[int], workdir: Path, stages=None, *, st
     env = dict(os.environ, PIPELINE_NO_PROGRESS="1", PYTHONPATH="")
     results: dict = {}
     for factor in factors:
-        project = scale_project(workdir, raw, factor,
-                                {**(overrides or {}), "msn": {**(overrides or {}).get("msn", {}),
-                                                              "eval_examples": eval_examples}})
+        project = scale_project(workdir, raw, factor, overrides)
         params = yaml.safe_load((project / "params.yaml").read_text())
         key = f"x{factor}"
 
@@ -377,7 +371,7 @@ def bench_scale(raw: Path, factors: list[int], workdir: Path, stages=None, *, st
                 put(stage, _stage([f"stages.{stage}"], project, env))
         for stage in ("msn", "matcher"):
             if stage in stages:
-                put(stage, measure_ranker(stage, project, env, params, steps, eval_examples))
+                put(stage, measure_ranker(stage, project, env, params, steps))
         if {"train@seq2seq_history", "reference_scores", "decode@seq2seq_history"} & set(stages):
             e = measure_mle(project, env, params, "seq2seq_history", steps)
             if "train@seq2seq_history" in stages:
@@ -476,10 +470,10 @@ def scoring_rates(per_stage: dict) -> dict:
             if e.get("how") == "full" and e.get("seconds_per_unit") is not None}
 
 
-def meta(factors: list[int], steps, full_up_to: int, sample_rows: int, decode_rows: int, eval_examples: int) -> dict:
+def meta(factors: list[int], steps, full_up_to: int, sample_rows: int, decode_rows: int) -> dict:
     return {"cpu": stage_times.cpu_model(), "factors": [f"x{f}" for f in factors], "steps": list(steps),
             "full_up_to": full_up_to, "sample_rows": sample_rows, "decode_rows": decode_rows,
-            "eval_examples": eval_examples, "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def _cost(entry: dict) -> float:
@@ -534,11 +528,21 @@ def totals(per_stage: dict, previous: dict | None = None) -> dict:
     return out
 
 
+def pooled_step(per_stage: dict, stage: str) -> float | None:
+    """A training stage's seconds per step, the mean over every factor measured. A step's
+    cost does not depend on the corpus size (the same batch size, the same words), but one
+    30-step window of length-bucketed batches does on which lengths it drew (±30% between
+    factors, measured), so the factors are pooled."""
+    values = [e["seconds_per_step"] for e in per_stage.get(stage, {}).values()
+              if e.get("seconds_per_step_from") == "difference"]
+    return round(float(np.mean(values)), 4) if values else None
+
+
 def project_repro(per_stage: dict, f: str, previous: dict) -> dict:
     """The committed 3-seed DAG at factor ``f``: every MLE run takes its committed ×1 steps x
     the factor (the same epochs to converge), at the seconds per step measured here
-    (seq2seq_history, pednet) or measured at ×1 by `--only projection` (the other runs: a
-    step's cost does not grow with the corpus); preprocessing and reference_scores /
+    (seq2seq_history, pednet: pooled over the factors, ``pooled_step``) or measured at ×1
+    by `--only projection` (the other runs: a step's cost does not grow with the corpus); preprocessing and reference_scores /
     generate from this factor's whole-stage costs; train_gcl (capped by max_steps) and
     evaluate (linear in test rows) from the ×1 stage records."""
     n = int(f[1:])
@@ -547,7 +551,7 @@ def project_repro(per_stage: dict, f: str, previous: dict) -> dict:
     for run in projection.MLE_RUNS:
         steps = [s * n for s in projection.committed_steps(run)]
         key = f"train@{run}"
-        per_step = per_stage.get(key, {}).get(f, {}).get("seconds_per_step") or known.get(run, {}).get("seconds_per_step")
+        per_step = pooled_step(per_stage, key) or known.get(run, {}).get("seconds_per_step")
         if steps and per_step:
             runs[run] = {"seconds_per_step": per_step, "committed_steps": steps}
         else:
@@ -602,13 +606,21 @@ def render(results: dict) -> list[str]:
         lines.append(f"| {stage} | " + " | ".join(cells) + f" | {exponent.get(stage, '-')} |")
     training = [(s, f, e) for s, runs in scale.items() for f, e in runs.items() if "seconds_per_step" in e]
     if training:
-        lines += ["", "| training stage | factor | s/step (measured) | one epoch (projected) | configured (projected) | "
-                  "converged epochs of x1 (projected) |", "|---|---|---|---|---|---|"]
+        lines += ["", "| training stage | factor | s/step (measured) | s/step (pooled) | one epoch (pooled) | "
+                  "configured (pooled) | converged epochs of x1 (pooled) |", "|---|---|---|---|---|---|---|"]
         for s, f, e in training:
-            conf = e.get("projected_configured_epochs_seconds", e.get("projected_stage_seconds"))
-            lines.append(f"| {s} | {f} | {e['seconds_per_step']:.3f} | {e['projected_epoch_seconds']:.0f} s "
-                         f"({e['steps_per_epoch']} steps) | {conf:.0f} s | "
-                         f"{e.get('projected_converged_seconds', '-')} |")
+            pooled = pooled_step(scale, s) or e["seconds_per_step"]
+            epoch = e["steps_per_epoch"] * pooled
+            if "projected_configured_epochs_seconds" in e:  # an MLE run: its epochs + validation
+                share = 1 + projection.VALIDATION_SHARE
+                conf = f"{e['epochs_configured'] * epoch * share:.0f} s"
+                conv = f"{e['converged_epochs_x1'] * epoch * share:.0f} s" if "converged_epochs_x1" in e else "-"
+            else:  # msn / matcher: the long run's fixed cost + the configured steps
+                configured = e.get("configured_steps", e["epochs_configured"] * e["steps_per_epoch"])
+                conf = f"{e['seconds'] - e['steps_measured'][1] * e['seconds_per_step'] + configured * pooled:.0f} s"
+                conv = "-"
+            lines.append(f"| {s} | {f} | {e['seconds_per_step']:.3f} | {pooled:.3f} | {epoch:.0f} s "
+                         f"({e['steps_per_epoch']} steps) | {conf} | {conv} |")
     tot = results.get("scale_totals", {})
     if tot:
         lines += ["", "| factor | fetch -> groups (measured) | peak RSS | before training (fetch -> select_groups, "

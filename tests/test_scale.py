@@ -12,7 +12,7 @@ from tests.corpus import write_corpus
 from tests.dvc_project import TINY_PARAMS
 from tests.test_full_dag import TINY_DAG
 
-KNOBS = {"steps": (2, 3), "full_up_to": 1, "sample_rows": 3, "decode_rows": 5, "eval_examples": 500}
+KNOBS = {"steps": (2, 3), "full_up_to": 1, "sample_rows": 3, "decode_rows": 5}
 TINY = {**TINY_PARAMS, **{k: TINY_DAG[k] for k in ("model", "train", "pednet", "msn", "seq2seq_history", "generate",
                                                    "matcher")}}
 
