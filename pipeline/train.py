@@ -102,6 +102,8 @@ class TrainConfig:
     batch_size: int = 64  # per process under torchrun
     eval_batch_size: int = 128
     lr: float = 1e-3
+    warmup_steps: int = 0  # linear LR warm-up from lr / warmup_steps to lr (the Transformer's; 0 = none)
+    adam_beta2: float = 0.999  # Adam's second-moment decay (Transformers: 0.98)
     clip: float = 5.0  # max gradient norm
     lr_factor: float = 0.5  # ReduceLROnPlateau
     lr_patience: int = 1  # validations without improvement before the LR drops
@@ -136,7 +138,7 @@ class TrainConfig:
         def bad(key: str, why: str):
             raise InputError("params.yaml", f"train.{key}: {why}, got {getattr(self, key)!r}")
 
-        for key in ("seed", "epochs", "batch_size", "eval_batch_size", "lr_patience", "validate_every",
+        for key in ("seed", "epochs", "batch_size", "eval_batch_size", "lr_patience", "validate_every", "warmup_steps",
                     "early_stopping", "min_lr_decays", "checkpoint_every", "max_steps", "log_every"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -429,9 +431,10 @@ class _Session:
         value = criterion_value(metrics, cfg.criterion, self.model_name)
         prog.validated_at = prog.step
         # The epoch of the last step; during a model's warm-up (PostKS: BOW only, the decoder
-        # untrained) validation neither drives the LR schedule nor counts toward stopping.
+        # untrained) or the LR warm-up, validation neither drives the LR schedule nor counts
+        # toward stopping.
         epoch = prog.epoch if prog.batch_in_epoch else prog.epoch - 1
-        warm = epoch < self.model.warmup_epochs
+        warm = epoch < self.model.warmup_epochs or prog.step < cfg.warmup_steps
         lr_before = self.lr
         if not warm:
             self.scheduler.step(value)
@@ -494,7 +497,8 @@ def _open_session(model_name: str, all_params: dict, run: str, data_dir: Path, c
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     idf_path = data_dir / "persona_idf" / "idf.tsv"  # the fetch stage's copy (GPMN's idf: table)
     model = build_model(model_name, mparams, ModelContext.from_vocab(vocab, emb, train_ds, idf_path)).to(device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                 betas=(0.9, cfg.adam_beta2))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
                                                            patience=cfg.lr_patience, min_lr=cfg.lr_floor)
     prog = Progress()
@@ -566,7 +570,7 @@ def train(
     cfg, prog, model, live = s.cfg, s.prog, s.model, s.live
 
     stop = False
-    running, running_n, tokens, t0 = 0.0, 0, 0, time.perf_counter()
+    running, running_n, grad_sum, tokens, t0 = 0.0, 0, 0.0, 0, time.perf_counter()
     if init_from is not None and not s.resumed:
         # A fine-tune (GCL) must earn its best.pt: its starting point is the first candidate,
         # so a run that never beats the model it started from keeps that model.
@@ -583,20 +587,25 @@ def train(
                 out = s.objective(s.net, batch, epoch=prog.epoch, step=prog.step)
             s.optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
-            if cfg.clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip or float("inf"))
+            if prog.step < cfg.warmup_steps:  # the plateau schedule takes over after it
+                for group in s.optimizer.param_groups:
+                    group["lr"] = cfg.lr * (prog.step + 1) / cfg.warmup_steps
             s.optimizer.step()
             prog.step, prog.batch_in_epoch = prog.step + 1, i + 1
             running, running_n = running + float(out["loss"].detach()), running_n + 1
+            grad_sum += float(grad_norm)  # before clipping: spikes show on the curves
             tokens += int(out.get("target_tokens", batch.response_mask.sum()))  # GCL: every group pair
             bar.update(1)
             if prog.step % cfg.log_every == 0 and live is not None:
                 live.step = prog.step
                 live.log_metric("train/loss", running / running_n)
+                live.log_metric("train/grad_norm", grad_sum / running_n)
                 seconds = time.perf_counter() - t0 - s.eval_seconds
                 live.log_metric("train/tokens_per_s", tokens * d.world / max(seconds, 1e-9))
                 bar.set_postfix(loss=f"{running / running_n:.3f}")
-                running, running_n, tokens, t0, s.eval_seconds = 0.0, 0, 0, time.perf_counter(), 0.0
+                running, running_n, grad_sum, tokens, t0 = 0.0, 0, 0.0, 0, time.perf_counter()
+                s.eval_seconds = 0.0
             validating = bool(cfg.validate_every) and prog.step % cfg.validate_every == 0
             if validating and s.validate():
                 stop, prog.stopped = True, "early_stopping"

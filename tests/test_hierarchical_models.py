@@ -185,6 +185,20 @@ def test_transformer_sizes_come_from_params(data_dir, vocab):
         make_model("transformer", data_dir, vocab, hidden=16, heads=3)
 
 
+def test_transformer_dropout_sites(data_dir, vocab):
+    """One `dropout` everywhere unless a site is set (the GCL authors' 0.2 / 0.1 / 0.1 / none)."""
+    def rates(model):
+        block = model.decoder_blocks[0]
+        return (model.embeddings.dropout.p, block.dropout.p, block.self_attn.dropout.p, block.cross_attn.dropout.p,
+                block.ff.dropout.p, model.readout.dropout.p)
+
+    plain, _ = make_model("transformer", data_dir, vocab, dropout=0.3)
+    assert rates(plain) == (0.3,) * 6
+    split, _ = make_model("transformer", data_dir, vocab, dropout=0.2, attention_dropout=0.1, ff_dropout=0.1,
+                          readout_dropout=0.0)
+    assert rates(split) == (0.2, 0.2, 0.1, 0.1, 0.1, 0.0)
+
+
 def test_transformer_words_are_not_drowned_by_the_positions(data_dir, vocab):
     """Vaswani et al.'s sqrt(d) scaling: unit-norm projected word vectors would be a tenth of
     the sinusoids' norm, and the model ignored its context. The words must weigh as much."""

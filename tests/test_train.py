@@ -240,6 +240,32 @@ def test_early_stopping_waits_for_an_lr_decay(tmp_path, data_dir, monkeypatch, l
         "best_val_ppl": pytest.approx(float(torch.tensor(4.0).exp())), "steps": epochs * 9}
 
 
+def test_lr_warm_up_then_the_plateau_schedule(tmp_path, data_dir, monkeypatch):
+    """Linear warm-up over `warmup_steps` (9 steps per epoch here): validations inside it
+    neither decay the LR nor count toward stopping; after it the plateau schedule acts."""
+    scripted_validation(monkeypatch, [5.0, 6.0, 7.0, 8.0, 9.0])
+    seen = []
+    params = tiny_params(train={"epochs": 3, "warmup_steps": 12, "lr_patience": 0, "early_stopping": 1,
+                                "adam_beta2": 0.98})
+    real_step = torch.optim.Adam.step
+
+    def step(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        assert self.param_groups[0]["betas"] == (0.9, 0.98)
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    out = run(tmp_path, data_dir, params)
+    lr = 0.003
+    assert seen[:12] == pytest.approx([lr * (s + 1) / 12 for s in range(12)])
+    # the validation at step 9 falls inside the warm-up; the worse one at step 18, after it,
+    # decays the LR and (early_stopping 1) stops the run
+    assert seen[12:18] == pytest.approx([lr] * 6)
+    assert out["lr_decays"] == 1 and out["stopped"] == "early_stopping" and out["steps"] == 18
+    grad = (tmp_path / "live/plots/metrics/train/grad_norm.tsv").read_text().split("\n")[1:]
+    assert all(float(r.split("\t")[1]) > 0 for r in grad if r)
+
+
 def test_a_capped_run_says_so(tmp_path, data_dir, monkeypatch, caplog):
     scripted_validation(monkeypatch, [5.0, 4.0, 3.0])
     out = run(tmp_path, data_dir, tiny_params(train={"epochs": 3, "early_stopping": 2}))

@@ -5,7 +5,7 @@ The flat multi-turn context (turns joined by ``<eot>``, which stays a token here
 encoder sees where turns end) is encoded by ``layers`` self-attention blocks; the decoder
 has ``layers`` blocks of causal self-attention, cross-attention over the encoder output
 and a feed-forward layer. Width ``hidden`` (d_model), ``heads`` heads, feed-forward
-``ff_dim``, sinusoidal positions, dropout ``dropout``. The shared word embeddings
+``ff_dim``, sinusoidal positions, dropout ``dropout`` (split by site as ``DEFAULTS`` says). The shared word embeddings
 (``emb_dim``, e.g. the 300-d vectors) are projected to d_model when the widths differ, and
 the output goes through the shared tied :class:`~pipeline.models.layers.Readout`.
 
@@ -14,9 +14,9 @@ The paper's base model (GCL §3.2): ``-S transformer.layers=6 -S transformer.hea
 (params.yaml ``transformer``: 3 + 3 blocks, 4 heads, 256 wide, feed-forward 1024).
 
 Deviation: ``norm_first: true`` (the default) puts the layer norm before each sub-layer
-(pre-LN, with a final norm) rather than after it (post-LN, Vaswani et al.): the project's
-loop has no LR warm-up, which post-LN needs to train stably; ``norm_first: false`` is the
-paper's arrangement.
+(pre-LN, with a final norm) rather than after it (post-LN, Vaswani et al.): pre-LN trains
+stably with or without the loop's LR warm-up (``train.warmup_steps``); ``norm_first: false``
+is the paper's arrangement.
 
 Generator interface: teacher forcing runs the decoder over all positions at once
 (:meth:`teacher_forced_logits`); decoding runs it one position at a time
@@ -39,7 +39,11 @@ from pipeline.dataset import Batch
 from pipeline.models import Generator, ModelContext, State, register
 from pipeline.models.layers import Readout, masked_softmax
 
-DEFAULTS = {"heads": 4, "ff_dim": 1024, "norm_first": True}
+# The dropout sites (null = the model's ``dropout``): attention probabilities, the
+# feed-forward inner layer and the readout features; ``dropout`` itself covers the word
+# embeddings and every residual branch. The GCL authors' split: 0.2 / 0.1 / 0.1 / none.
+DEFAULTS = {"heads": 4, "ff_dim": 1024, "norm_first": True, "attention_dropout": None, "ff_dropout": None,
+            "readout_dropout": None}
 
 
 def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -94,12 +98,13 @@ class Block(nn.Module):
     block (causal self-attention, cross-attention, feed-forward); residual connections
     around each sub-layer, layer norm before (``norm_first``) or after it."""
 
-    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float, norm_first: bool, cross: bool):
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float, norm_first: bool, cross: bool,
+                 attention_dropout: float, ff_dropout: float):
         super().__init__()
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(dim, heads, dropout)
-        self.cross_attn = MultiHeadAttention(dim, heads, dropout) if cross else None
-        self.ff = FeedForward(dim, ff_dim, dropout)
+        self.self_attn = MultiHeadAttention(dim, heads, attention_dropout)
+        self.cross_attn = MultiHeadAttention(dim, heads, attention_dropout) if cross else None
+        self.ff = FeedForward(dim, ff_dim, ff_dropout)
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3 if cross else 2))
         self.dropout = nn.Dropout(dropout)
 
@@ -133,13 +138,15 @@ class Transformer(Generator):
         super().__init__({**DEFAULTS, **params}, ctx)
         p = self.params
         e, d, n = p["emb_dim"], p["hidden"], p["layers"]
+        drop = {k: p["dropout"] if p[k] is None else p[k] for k in ("attention_dropout", "ff_dropout", "readout_dropout")}
         args = (d, p["heads"], p["ff_dim"], p["dropout"], p["norm_first"])
+        sites = {"attention_dropout": drop["attention_dropout"], "ff_dropout": drop["ff_dropout"]}
         self.input_proj = nn.Linear(e, d) if e != d else nn.Identity()
-        self.encoder_blocks = nn.ModuleList(Block(*args, cross=False) for _ in range(n))
-        self.decoder_blocks = nn.ModuleList(Block(*args, cross=True) for _ in range(n))
+        self.encoder_blocks = nn.ModuleList(Block(*args, cross=False, **sites) for _ in range(n))
+        self.decoder_blocks = nn.ModuleList(Block(*args, cross=True, **sites) for _ in range(n))
         self.encoder_norm = nn.LayerNorm(d) if p["norm_first"] else nn.Identity()
         self.decoder_norm = nn.LayerNorm(d) if p["norm_first"] else nn.Identity()
-        self.readout = Readout(d, self.embeddings, tie=p["tie_embeddings"], dropout=p["dropout"])
+        self.readout = Readout(d, self.embeddings, tie=p["tie_embeddings"], dropout=drop["readout_dropout"])
 
     def embed(self, emb: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Word embeddings [B, L, E] (dropout already applied by ``Embeddings``) at ``positions``
