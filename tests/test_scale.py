@@ -70,6 +70,30 @@ def test_growth_exponent_and_render_of_old_results():
     assert any(line.startswith("| groups | 2.0 / 1 | 18.0 / 1 | 162.0 / 1 | 2.0 |") for line in lines)
 
 
+def test_training_stages_cost_their_steps_at_the_pooled_seconds_per_step():
+    """msn: fixed cost + configured steps x the pooled s/step; an MLE run: one epoch at it.
+    The x9 goal names both totals and, when missed, the largest stages."""
+    def ranker(f, per_step):  # 100 s in all for 35 steps -> fixed 100 - 35 x per_step
+        return {"seconds": 100.0, "peak_rss_bytes": 2**30, "how": "max_steps", "steps_measured": [5, 35],
+                "seconds_per_step": per_step, "seconds_per_step_from": "difference", "steps_per_epoch": 10 * f,
+                "configured_steps": 20 * f, "epochs_configured": 2}
+    runs = {"fetch": {f"x{f}": {"seconds": 60.0 * f, "peak_rss_bytes": 2**30} for f in (1, 9)},
+            "msn": {"x1": ranker(1, 0.1), "x9": ranker(9, 0.3)},
+            "train@seq2seq_history": {}}
+    for f, per_step in ((1, 0.1), (9, 0.3)):  # an MLE run has no configured_steps
+        runs["train@seq2seq_history"][f"x{f}"] = {k: v for k, v in ranker(f, per_step).items() if k != "configured_steps"}
+    assert scale.pooled_step(runs, "msn") == pytest.approx(0.2)
+    assert scale.stage_cost(runs, "msn", "x9") == pytest.approx(100 - 35 * 0.3 + 180 * 0.2)
+    assert scale.stage_cost(runs, "train@seq2seq_history", "x9") == pytest.approx(90 * 0.2)
+    assert scale.stage_cost(runs, "fetch", "x9") == 540.0
+    goal = scale.totals(runs)["x9"]["goal"]
+    assert goal.startswith("fetch -> groups <= 15 min and <= 8 GB: met; everything before MLE training")
+    assert "NOT met" not in goal
+    runs["fetch"]["x9"]["seconds"] = 1000.0
+    goal = scale.totals(runs)["x9"]["goal"]
+    assert goal.count("NOT met") == 2 and "largest: fetch 16.7 min, msn 2.1 min" in goal
+
+
 def test_replicated_copies_are_distinct_text_with_the_same_structure(tmp_path):
     from benchmarks.scale import replicate_corpus
     from pipeline.preprocessing import parlai

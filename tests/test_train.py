@@ -245,7 +245,7 @@ def test_lr_warm_up_then_the_plateau_schedule(tmp_path, data_dir, monkeypatch):
     neither decay the LR nor count toward stopping; after it the plateau schedule acts."""
     scripted_validation(monkeypatch, [5.0, 6.0, 7.0, 8.0, 9.0])
     seen = []
-    params = tiny_params(train={"epochs": 3, "warmup_steps": 12, "lr_patience": 0, "early_stopping": 1,
+    params = tiny_params(train={"epochs": 5, "warmup_steps": 12, "lr_patience": 0, "early_stopping": 1,
                                 "adam_beta2": 0.98})
     real_step = torch.optim.Adam.step
 
@@ -258,10 +258,12 @@ def test_lr_warm_up_then_the_plateau_schedule(tmp_path, data_dir, monkeypatch):
     out = run(tmp_path, data_dir, params)
     lr = 0.003
     assert seen[:12] == pytest.approx([lr * (s + 1) / 12 for s in range(12)])
-    # the validation at step 9 falls inside the warm-up; the worse one at step 18, after it,
-    # decays the LR and (early_stopping 1) stops the run
-    assert seen[12:18] == pytest.approx([lr] * 6)
-    assert out["lr_decays"] == 1 and out["stopped"] == "early_stopping" and out["steps"] == 18
+    # the validation at step 9 falls inside the warm-up (it is still the best so far); the plateau
+    # schedule starts from the one at step 18 (worse, but its first), decays the LR at step 27
+    # (worse again) and, with that decay behind it, early stopping (1) ends the run there
+    assert seen[12:27] == pytest.approx([lr] * 15)
+    assert out["lr_decays"] == 1 and out["stopped"] == "early_stopping" and out["steps"] == 27
+    assert out["best_val_nll"] == 5.0
     grad = (tmp_path / "live/plots/metrics/train/grad_norm.tsv").read_text().split("\n")[1:]
     assert all(float(r.split("\t")[1]) > 0 for r in grad if r)
 
