@@ -324,7 +324,8 @@ MODEL_KEYS: dict[str, dict[str, Spec]] = {
     "hran": {},
     "transformer": {"heads": Int(min=1), "ff_dim": Int(min=1), "norm_first": Bool(),
                     "attention_dropout": Nullable(Float(min=0, lt=1)), "ff_dropout": Nullable(Float(min=0, lt=1)),
-                    "readout_dropout": Nullable(Float(min=0, lt=1))},
+                    "readout_dropout": Nullable(Float(min=0, lt=1)),
+                    "context_positions": Choice("from_start", "from_end")},
 }
 
 # Sections that are training runs: model-key overrides of the backbone, `train` / `gcl`

@@ -199,6 +199,35 @@ def test_transformer_dropout_sites(data_dir, vocab):
     assert rates(split) == (0.2, 0.2, 0.1, 0.1, 0.1, 0.0)
 
 
+def test_transformer_context_positions_from_the_end(data_dir, vocab, monkeypatch):
+    """from_end: each example's last context token is position 0, whatever the padding, so
+    an example scores the same alone and in a padded batch; decoding still matches teacher
+    forcing. from_start: 0 is the first token."""
+    model, train = make_model("transformer", data_dir, vocab, context_positions="from_end", dropout=0.0)
+    model.eval()
+    rows = multi_turn_rows(train, 4)
+    batch = train.collate(rows)
+    seen = []
+    real = type(model).embed
+    monkeypatch.setattr(type(model), "embed", lambda self, e, p: seen.append(p) or real(self, e, p))
+    with torch.no_grad():
+        together = model.sequence_log_prob(batch)
+        alone = torch.cat([model.sequence_log_prob(train.collate([r])) for r in rows])
+    lengths = batch.query_mask.sum(1)
+    assert lengths.min() < lengths.max()  # the batch pads some examples
+    expected = (lengths.unsqueeze(1) - 1 - torch.arange(batch.query.shape[1])).clamp(min=0)
+    assert torch.equal(seen[0], expected)
+    assert torch.allclose(together, alone, atol=1e-4)
+    monkeypatch.undo()
+    check_sequence_log_prob(model, batch, vocab.bos)
+    start, _ = make_model("transformer", data_dir, vocab)
+    seen.clear()
+    monkeypatch.setattr(type(start), "embed", lambda self, e, p: seen.append(p) or real(self, e, p))
+    with torch.no_grad():
+        start.encode(batch)
+    assert torch.equal(seen[0], torch.arange(batch.query.shape[1]))
+
+
 def test_transformer_words_are_not_drowned_by_the_positions(data_dir, vocab):
     """Vaswani et al.'s sqrt(d) scaling: unit-norm projected word vectors would be a tenth of
     the sinusoids' norm, and the model ignored its context. The words must weigh as much."""

@@ -16,7 +16,8 @@ The paper's base model (GCL §3.2): ``-S transformer.layers=6 -S transformer.hea
 Deviation: ``norm_first: true`` (the default) puts the layer norm before each sub-layer
 (pre-LN, with a final norm) rather than after it (post-LN, Vaswani et al.): pre-LN trains
 stably with or without the loop's LR warm-up (``train.warmup_steps``); ``norm_first: false``
-is the paper's arrangement.
+is the paper's arrangement. ``context_positions: from_end`` counts the encoder's positions
+back from the latest token (the default, ``from_start``, is the paper's).
 
 Generator interface: teacher forcing runs the decoder over all positions at once
 (:meth:`teacher_forced_logits`); decoding runs it one position at a time
@@ -43,7 +44,10 @@ from pipeline.models.layers import Readout, masked_softmax
 # feed-forward inner layer and the readout features; ``dropout`` itself covers the word
 # embeddings and every residual branch. The GCL authors' split: 0.2 / 0.1 / 0.1 / none.
 DEFAULTS = {"heads": 4, "ff_dim": 1024, "norm_first": True, "attention_dropout": None, "ff_dropout": None,
-            "readout_dropout": None}
+            "readout_dropout": None, "context_positions": "from_start"}
+# The encoder's positions: ``from_start`` counts from the oldest kept token (Vaswani et al.,
+# the GCL authors), so the latest turn sits at a different position in every example;
+# ``from_end`` counts back from the last token, so the latest turn always starts near 0.
 
 
 def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -161,7 +165,10 @@ class Transformer(Generator):
 
     def encode(self, batch: Batch) -> State:
         ids, mask = batch.query, batch.query_mask
-        x = self.embed(self.embeddings(ids), torch.arange(ids.shape[1], device=ids.device))
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        if self.params["context_positions"] == "from_end":  # padding (masked) clamped to 0
+            positions = (mask.sum(1, keepdim=True) - 1 - positions).clamp(min=0)
+        x = self.embed(self.embeddings(ids), positions)
         for block in self.encoder_blocks:
             x = block(x, None, mask.unsqueeze(1))
         memory = self.encoder_norm(x)
