@@ -11,7 +11,7 @@ the output goes through the shared tied :class:`~pipeline.models.layers.Readout`
 
 The paper's base model (GCL §3.2): ``-S transformer.layers=6 -S transformer.heads=8
 -S transformer.hidden=512 -S transformer.ff_dim=2048``. Defaults fit 2 CPU cores
-(params.yaml ``transformer``: 3 + 3 blocks, 4 heads, 256 wide, feed-forward 1024).
+(params.yaml ``transformer``: 2 + 2 blocks, 4 heads, 256 wide, feed-forward 512, dropout 0.3).
 
 Deviation: ``norm_first: true`` (the default) puts the layer norm before each sub-layer
 (pre-LN, with a final norm) rather than after it (post-LN, Vaswani et al.): pre-LN trains
