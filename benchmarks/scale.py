@@ -581,9 +581,9 @@ def project_repro(per_stage: dict, f: str, previous: dict) -> dict:
     pre = sum(stage_cost(per_stage, s, f) for s in projection.PREPROCESSING if f in per_stage.get(s, {}))
     others = {}
     if f in per_stage.get("reference_scores", {}):
-        others["reference_scores@seq2seq_history-1"] = _cost(per_stage["reference_scores"][f])
+        others["reference_scores@seq2seq_history-1"] = stage_cost(per_stage, "reference_scores", f)
     if f in per_stage.get("decode@seq2seq_history", {}):
-        others["generate@seq2seq_history-1"] = _cost(per_stage["decode@seq2seq_history"][f])
+        others["generate@seq2seq_history-1"] = stage_cost(per_stage, "decode@seq2seq_history", f)
     records_path = ROOT / "reports" / "stage_times.json"
     records = json.loads(records_path.read_text())["stages"] if records_path.exists() else {}
     for stage, scale in (("train_gcl@seq2seq_history-1", 1), ("evaluate@seq2seq_history-1", n)):
