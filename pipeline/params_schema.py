@@ -286,7 +286,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
             "lam_grid": ListOf(Float(min=0), nonempty=True), "length_grid": ListOf(Float(), nonempty=True)},
     "deeprl": {
         "ease_weight": Float(min=0), "flow_weight": Float(min=0), "coherence_weight": Float(min=0),
-        "mle_weight": Float(min=0), "max_len": Int(min=1), "temperature": Float(gt=0), "cos_floor": Float(gt=0, max=1),
+        "coherence_forward": Float(min=0), "mle_weight": Float(min=0), "max_len": Int(min=1), "temperature": Float(gt=0), "cos_floor": Float(gt=0, max=1),
         "dull_responses": ListOf(Str(), nonempty=True), "valid_examples": Int(min=1), "seed": Int(min=0),
         "curriculum_tokens": Int(min=0), "curriculum_steps": Int(min=1),
     },

@@ -522,3 +522,21 @@ def test_reward_control_averages_each_source_over_the_same_rows(data_dir, vocab)
     assert table["gold"]["reward"] == pytest.approx(
         w.ease_weight * table["gold"]["ease"] + w.flow_weight * table["gold"]["flow"]
         + w.coherence_weight * table["gold"]["coherence"], rel=1e-5)
+
+
+def test_coherence_forward_weighs_only_r3s_forward_half(data_dir, vocab):
+    """coherence_forward 0 leaves r3 = the backward half (the mode-seeking forward half off);
+    the other terms and the halves themselves do not move."""
+    from pipeline.learners.rl import DeepRLConfig
+
+    paper, _ = rl_setup(data_dir, vocab)
+    backward_only, ds = rl_setup(data_dir, vocab, coherence_forward=0.0)
+    batch = ds.collate(list(range(6)))
+    a, b = paper.rewards(batch, batch.response), backward_only.rewards(batch, batch.response)
+    torch.testing.assert_close(a["coherence"], a["coherence_forward"] + a["coherence_backward"])
+    torch.testing.assert_close(b["coherence"], b["coherence_backward"])
+    for term in ("ease", "flow", "coherence_forward", "coherence_backward"):
+        torch.testing.assert_close(a[term], b[term])
+    assert not torch.allclose(a["reward"], b["reward"])
+    with pytest.raises(ValueError, match="coherence_forward"):
+        DeepRLConfig(coherence_forward=-1.0)

@@ -15,7 +15,10 @@ rewards, and takes a policy-gradient step:
   r2 = 0 where the agent has no previous turn;
 - semantic coherence r3 = (1/N_a) log p_seq2seq(a | context) + (1/N_q) log p_backward(q | a),
   q the partner's last utterance, p_backward the backward Seq2Seq
-  (pipeline/models/seq2seq_backward.py, ``source: last_turn``);
+  (pipeline/models/seq2seq_backward.py, ``source: last_turn``); ``coherence_forward`` weighs
+  the first half (1: the paper; 0: the backward half alone). Why a knob: the forward half is
+  mode-seeking, its optimum the likeliest and most generic reply for every context, and it is
+  what ranks a constant question above the gold replies in the reward control;
 - r = λ1 r1 + λ2 r2 + λ3 r3 with (0.25, 0.25, 0.5), the paper's weights;
 - L = −(1/B) Σ (r − b) log π(a_{>L} | context, a_{≤L}) + ``mle_weight`` · NLL(gold), b the
   batch's mean reward (the paper: "the average reward");
@@ -163,6 +166,7 @@ class DeepRLConfig:
     ease_weight: float = REWARD_WEIGHTS[0]
     flow_weight: float = REWARD_WEIGHTS[1]
     coherence_weight: float = REWARD_WEIGHTS[2]
+    coherence_forward: float = 1.0  # weight of r3's forward half (1: the paper's r3; 0: log p_backward(q | a) alone)
     mle_weight: float = 1.0  # teacher-forced NLL on the gold reply beside the policy gradient
     max_len: int = 20  # sampled reply length cap (tokens)
     temperature: float = 1.0
@@ -174,6 +178,8 @@ class DeepRLConfig:
     seed: int = 1
 
     def __post_init__(self):
+        if self.coherence_forward < 0:
+            raise ValueError("deeprl: coherence_forward >= 0")
         if self.max_len < 1 or self.temperature <= 0 or not 0 < self.cos_floor <= 1 or not self.dull_responses:
             raise ValueError("deeprl: max_len >= 1, temperature > 0, cos_floor in (0, 1], dull_responses non-empty")
         if self.curriculum_tokens < 0 or self.curriculum_steps < 1:
@@ -207,7 +213,7 @@ class DeepRL:
         r1 = ease_of_answering(self.scorer, replies, self.dull, pad)
         r2 = information_flow(self.scorer, batch, replies, pad, self.cfg.cos_floor)
         r3_forward, r3_backward = coherence_terms(self.scorer, self.backward, sampled)
-        r3 = r3_forward + r3_backward
+        r3 = self.cfg.coherence_forward * r3_forward + r3_backward
         total = self.cfg.ease_weight * r1 + self.cfg.flow_weight * r2 + self.cfg.coherence_weight * r3
         return {"ease": r1, "flow": r2, "coherence": r3, "coherence_forward": r3_forward,
                 "coherence_backward": r3_backward, "reward": total}
