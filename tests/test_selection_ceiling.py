@@ -46,3 +46,32 @@ def test_conditional_logit_learns_a_feature_that_decides():
     assert w[0] > 0 > w[1]
     assert sc.accuracy([int(np.argmax(t["features"][:, [0, 2]] @ w)) for t in turns], turns) == pytest.approx(1.0)
     assert sc.accuracy([int(np.argmax(t["features"][:, 1])) for t in turns], turns) < 0.5
+
+
+def test_bilinear_selector_learns_a_map_retrieval_misses_and_the_ridge_holds_it_at_retrieval():
+    """Labels decided by q' A p with A a swap of two axes: retrieval (W = I) is poor, the
+    unpenalised bilinear fit finds A; a large ridge keeps W at the identity."""
+    rng = np.random.default_rng(0)
+    d, names, vectors = 4, [], []
+
+    def sentence(v):
+        names.append(f"s{len(names)}")
+        vectors.append(v / np.linalg.norm(v))
+        return names[-1]
+
+    a = np.eye(d)[[1, 0, 2, 3]]
+    splits = {}
+    for split, n in (("train", 300), ("valid", 100), ("test", 100)):
+        turns = []
+        for _ in range(n):
+            q = sentence(rng.normal(size=d))
+            persona = [sentence(rng.normal(size=d)) for _ in range(3)]
+            qv, pv = vectors[names.index(q)], np.stack([vectors[names.index(p)] for p in persona])
+            turns.append({"query": q, "persona": persona, "label": int(np.argmax(pv @ a @ qv)),
+                          "features": np.stack([pv @ qv, np.zeros(3), np.zeros(3)], axis=1)})
+        splits[split] = turns
+    out = sc.bilinear(splits, np.stack(vectors), {s: i for i, s in enumerate(names)}, ridges=(100.0, 0.0))
+    stiff, free = out["fits"]
+    retrieval = sc.accuracy([int(np.argmax(t["features"][:, 0])) for t in splits["test"]], splits["test"])
+    assert stiff["test"] == pytest.approx(retrieval, abs=0.02) and stiff["distance_from_identity"] < 0.05
+    assert free["test"] > max(0.8, retrieval + 0.2) and out["chosen"] == free
