@@ -140,7 +140,7 @@ def fit_bilinear(q, p, mask, y, ridge: float, s0: float, logits):
 
 
 def bilinear(splits: dict[str, list[dict]], vectors: np.ndarray, index: dict[str, int],
-             ridges: tuple[float, ...] = (1.0, 0.1, 0.01, 0.001, 0.0), seed: int = 1) -> dict:
+             ridges: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01, 0.001, 0.0), seed: int = 1) -> dict:
     """The frozen-vector bilinear selector (module docstring), one fit per ridge (full-batch
     L-BFGS from W = I, s = the one-feature conditional logit's weight); the ridge of best valid
     accuracy is the row's choice."""
