@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import torch
+import yaml
 
 from pipeline import schema
 from pipeline.dataset import Vocab, load_split
@@ -40,17 +41,29 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--split", default="test")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
                         help="best.pt (the run's selection) or last.pt (its final step), written as run <run>_last")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="decode-time model params (a diagnostic, e.g. postks's test_selection=label); "
+                             "needs --as")
+    parser.add_argument("--as", dest="as_run", help="write the generations as this run (with --set)")
     args = parser.parse_args(argv)
+    if bad := [s for s in args.set if "=" not in s]:
+        parser.error(f"--set {bad[0]!r}: expected KEY=VALUE")
+    if args.set and not args.as_run:
+        parser.error("--set changes the model: name its generations with --as RUN")
     p = load_params("generate")
     data_dir = Path(args.data)
     best = run_dirs(args.model, args.seed)[0] / f"{args.checkpoint}.pt"
-    out_run = args.model if args.checkpoint == "best" else f"{args.model}_last"
+    out_run = args.as_run or (args.model if args.checkpoint == "best" else f"{args.model}_last")
     if not best.exists():
         raise InputError(best, "no trained model (run the train stage first)")
     device = torch.device("cuda" if p.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
                           else "cpu")
     vocab = Vocab.load(data_dir / "prepared" / "vocab.parquet")
     model = load_trained(best, vocab, device)
+    for key, value in (s.split("=", 1) for s in args.set):
+        if key not in model.params:
+            raise InputError(best, f"--set {key}: not a param of this {type(model).name} model")
+        model.params[key] = yaml.safe_load(value)
     dataset = load_split(args.split, vocab, type(model).data_config(model.params), data_dir)
     if p.get("precision", "auto") not in PRECISIONS:
         raise InputError("params.yaml", f"generate.precision: expected one of {', '.join(PRECISIONS)}, got {p['precision']!r}")

@@ -72,6 +72,26 @@ def test_posterior_in_training_prior_at_test(data, vocab):
     assert torch.equal(model.encode(other)["selected"], state["selected"])
 
 
+def test_test_selection_oracles_pick_the_label_or_the_posterior(data, vocab):
+    """Decoding's diagnostic choices: the label where there is one (else the prior), or the
+    posterior that reads the gold response; the prior stays the default."""
+    model, ds = make(data, vocab)
+    model.eval()
+    batch = ds.collate(list(range(len(ds))))
+    prior = model.encode(batch)["selected"]
+    labelled = batch.persona_label >= 0
+    model.params["test_selection"] = "label"
+    chosen = model.encode(batch)["selected"]
+    assert torch.equal(chosen[labelled], batch.persona_label[labelled]) and torch.equal(chosen[~labelled], prior[~labelled])
+    model.params["test_selection"] = "posterior"
+    _, u_p = model.persona_encoder(model.embeddings(batch.persona), batch.persona_mask)
+    want = model.posterior_logits(batch, model.encode(batch)["hidden"][:, -1], u_p).argmax(-1)
+    assert torch.equal(model.encode(batch)["selected"], want)
+    model.params["test_selection"] = "oracle"
+    with pytest.raises(ValueError, match="test_selection"):
+        model.encode(batch)
+
+
 def test_kl_trains_prior_only_when_detached(data, vocab):
     model, ds = make(data, vocab, kl_detach_posterior=True)
     batch = ds.collate(list(range(6)))

@@ -159,6 +159,12 @@ def test_train_and_generate_stages(tmp_path, data_dir, monkeypatch):
     test = pq.read_table(cwd / "data/prepared/test.parquet")
     assert table.column("example_id").to_pylist() == test.column("example_id").to_pylist()
     assert table.column("context").to_pylist() == test.column("query").to_pylist()
+    # decode-time params: a diagnostic written under its own name; an unknown key is one line
+    res = _run_stage(cwd, "stages.generate", "seq2seq", "--seed", "2", "--set", "dropout=0.5", "--as", "probe")
+    assert res.returncode == 0, res.stderr
+    assert (cwd / "reports/generations/probe/seed2.parquet").exists()
+    res = _run_stage(cwd, "stages.generate", "seq2seq", "--seed", "2", "--set", "nope=1", "--as", "probe")
+    assert res.returncode != 0 and "--set nope: not a param" in res.stderr and "Traceback" not in res.stderr
 
 
 @pytest.mark.slow

@@ -27,6 +27,10 @@ Decisions where the papers are silent:
   examples whose label is not None (PostKS has no "no persona" choice); in validation
   ``posterior_correct`` counts the posterior's (``posterior_acc`` in the curves: the prior
   learns from it through the KL, so a posterior at chance leaves the prior at chance).
+- ``test_selection`` (decoding only; a diagnostic, never a system): ``prior`` (the paper),
+  ``label`` (the optimal-persona label where there is one, else the prior: an oracle that
+  shows how much P-F1 the decoder gets from a right selection) or ``posterior`` (the
+  posterior, which reads the gold response: the test-time leak of Baidu's released generator).
 - ``posterior_query``: ``concat`` (the paper: W [u(X); u(Y)], a new randomly initialised
   map) or ``response`` (Baidu's code: u(Y) alone, informative from the first step).
 """
@@ -43,7 +47,8 @@ from pipeline.models.layers import NEG_INF, Attention, PersonaEncoder, Readout
 from pipeline.models.seq2seq import Seq2Seq
 
 DEFAULTS = {"bow_warmup_epochs": 1, "gumbel_tau": 0.1, "kl_detach_posterior": True, "bow_tied": False,
-            "posterior_query": "concat"}
+            "posterior_query": "concat", "test_selection": "prior"}
+TEST_SELECTIONS = ("prior", "label", "posterior")
 
 
 @register("postks")
@@ -76,10 +81,22 @@ class PostKS(Seq2Seq):
             onehot = F.gumbel_softmax(posterior.float(), tau=self.params["gumbel_tau"], hard=True).to(u_p.dtype)
             state["posterior_logits"] = posterior
         else:
-            onehot = F.one_hot(prior.argmax(-1), prior.shape[1]).to(u_p.dtype)
+            onehot = F.one_hot(self.test_choice(batch, prior, u_x, u_p), prior.shape[1]).to(u_p.dtype)
         state["knowledge"] = torch.bmm(onehot.unsqueeze(1), u_p).squeeze(1)  # u(p_k) [B, H]
         state["selected"] = onehot.argmax(-1)
         return state
+
+    def test_choice(self, batch: Batch, prior: torch.Tensor, u_x: torch.Tensor, u_p: torch.Tensor) -> torch.Tensor:
+        """[B] the sentence decoding reads: the prior's argmax, or an oracle's (``test_selection``)."""
+        how = self.params["test_selection"]
+        if how not in TEST_SELECTIONS:
+            raise ValueError(f"postks.test_selection {how!r}: {' | '.join(TEST_SELECTIONS)}")
+        choice = prior.argmax(-1)
+        if how == "label" and batch.persona_label is not None:
+            choice = torch.where(batch.persona_label >= 0, batch.persona_label, choice)
+        elif how == "posterior":
+            choice = self.posterior_logits(batch, u_x, u_p).argmax(-1)
+        return choice
 
     def posterior_logits(self, batch: Batch, u_x: torch.Tensor, u_p: torch.Tensor) -> torch.Tensor:
         """p(k | X, Y)'s logits over the persona sentences (training; validation's posterior_acc)."""
