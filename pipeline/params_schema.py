@@ -288,7 +288,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "ease_weight": Float(min=0), "flow_weight": Float(min=0), "coherence_weight": Float(min=0),
         "coherence_forward": Float(min=0), "mle_weight": Float(min=0), "max_len": Int(min=1), "temperature": Float(gt=0), "cos_floor": Float(gt=0, max=1),
         "dull_responses": ListOf(Str(), nonempty=True), "valid_examples": Int(min=1), "seed": Int(min=0),
-        "curriculum_tokens": Int(min=0), "curriculum_steps": Int(min=1),
+        "curriculum_tokens": Int(min=0), "curriculum_steps": Int(min=1), "samples": Int(min=1),
     },
     "adversarial": {
         "hidden": Int(min=2, even=True), "d_lr": Float(gt=0), "d_pretrain_steps": Int(min=0),

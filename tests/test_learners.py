@@ -406,6 +406,38 @@ def test_reinforce_pushes_up_the_better_sample():
     assert logits.grad[0] < 0 < logits.grad[1]  # gradient descent raises the rewarded one
 
 
+def test_reinforce_with_k_samples_baselines_each_context_on_its_own_mean():
+    from pipeline.learners.rl import reinforce
+
+    # two contexts x 2 samples: the second context is "easy" (high rewards for both replies)
+    _, adv = reinforce(torch.zeros(4), torch.tensor([1.0, 0.0, 11.0, 10.0]), samples=2)
+    assert adv.tolist() == [0.5, -0.5, 0.5, -0.5]
+    _, batch_mean = reinforce(torch.zeros(4), torch.tensor([1.0, 0.0, 11.0, 10.0]))
+    assert batch_mean.tolist() == [-4.5, -5.5, 5.5, 4.5]  # the batch mean mixes the contexts' offsets
+
+
+def test_deeprl_samples_k_replies_per_context(data_dir, vocab, monkeypatch):
+    from pipeline.learners import rl as rl_module
+
+    rl, ds = rl_setup(data_dir, vocab, samples=3)
+    policy, _ = make("seq2seq", data_dir, vocab, seed=1)
+    policy.train()
+    seen = {}
+    real = rl_module.reinforce
+
+    def spy(log_probs, rewards, samples=1):
+        seen.update(rows=len(rewards), samples=samples)
+        return real(log_probs, rewards, samples)
+
+    monkeypatch.setattr(rl_module, "reinforce", spy)
+    out = rl(policy, ds.collate(list(range(4))), step=0)
+    assert seen == {"rows": 12, "samples": 3} and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert grads(policy, "decoder") > 0
+    with pytest.raises(ValueError, match="samples"):
+        rl_module.DeepRLConfig(samples=0)
+
+
 # -- Adversarial -------------------------------------------------------------------------
 def test_discriminator_separates_gold_from_constructed_fakes(data_dir, vocab):
     from pipeline.learners.adversarial import Adversarial, AdversarialConfig

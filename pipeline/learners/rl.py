@@ -21,7 +21,10 @@ rewards, and takes a policy-gradient step:
   what ranks a constant question above the gold replies in the reward control;
 - r = λ1 r1 + λ2 r2 + λ3 r3 with (0.25, 0.25, 0.5), the paper's weights;
 - L = −(1/B) Σ (r − b) log π(a_{>L} | context, a_{≤L}) + ``mle_weight`` · NLL(gold), b the
-  batch's mean reward (the paper: "the average reward");
+  batch's mean reward (the paper: "the average reward"); with ``samples`` K > 1, K replies
+  per context and b the mean of that context's K (the paper samples 5 candidates per turn):
+  the advantage then compares replies to the same context, not contexts with easy or hard
+  partners;
 - the paper's curriculum: the first L tokens of a are the gold reply's (MLE trains them,
   through the NLL term) and only the rest is sampled and reinforced; L falls linearly from
   ``curriculum_tokens`` at step 0 to 0 at step ``curriculum_steps`` ("gradually anneal the
@@ -108,9 +111,15 @@ def with_replies(batch: Batch, replies: torch.Tensor, pad: int) -> Batch:
     return dataclasses.replace(batch, response=replies, response_mask=replies != pad)
 
 
-def reinforce(log_probs: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """REINFORCE with the batch-mean baseline: (−mean((r − b) log π(a)), the advantages)."""
-    advantage = (rewards - rewards.mean()).detach()
+def reinforce(log_probs: torch.Tensor, rewards: torch.Tensor, samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE: (−mean((r − b) log π(a)), the advantages). b is the batch's mean reward, or
+    with ``samples`` K > 1 (rows = contexts × K, each context's samples adjacent) the mean of
+    the same context's K samples, so the gradient ranks replies within a context."""
+    if samples > 1:
+        baseline = rewards.view(-1, samples).mean(1).repeat_interleave(samples)
+    else:
+        baseline = rewards.mean()
+    advantage = (rewards - baseline).detach()
     return -(advantage * log_probs).mean(), advantage
 
 
@@ -173,13 +182,14 @@ class DeepRLConfig:
     cos_floor: float = 0.01
     dull_responses: list[str] = field(default_factory=lambda: list(DULL_RESPONSES))
     valid_examples: int = 256  # validation reward on the first N valid examples (greedy replies)
+    samples: int = 1  # replies sampled per context; > 1: each context's mean reward is its baseline
     curriculum_tokens: int = 0  # L at step 0: gold tokens forced before sampling (0: no curriculum)
     curriculum_steps: int = 400  # L reaches 0 at this optimizer step
     seed: int = 1
 
     def __post_init__(self):
-        if self.coherence_forward < 0:
-            raise ValueError("deeprl: coherence_forward >= 0")
+        if self.coherence_forward < 0 or self.samples < 1:
+            raise ValueError("deeprl: coherence_forward >= 0, samples >= 1")
         if self.max_len < 1 or self.temperature <= 0 or not 0 < self.cos_floor <= 1 or not self.dull_responses:
             raise ValueError("deeprl: max_len >= 1, temperature > 0, cos_floor in (0, 1], dull_responses non-empty")
         if self.curriculum_tokens < 0 or self.curriculum_steps < 1:
@@ -220,18 +230,21 @@ class DeepRL:
 
     def __call__(self, model, batch: Batch, epoch: int = 0, step: int = 0, **ctx) -> dict:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        gold = batch
+        if self.cfg.samples > 1:  # each context K times, its samples adjacent
+            batch = batch.select(torch.arange(batch.size).repeat_interleave(self.cfg.samples))
         forced = self.cfg.curriculum(step)
         prefix = batch.response[:, :forced] if forced else None
         replies = sample_replies(unwrap(model), batch, self.cfg.max_len, self.cfg.temperature, g, prefix)
         r = self.rewards(batch, replies)
         token_nll = model(with_replies(batch, replies, self.vocab.pad), method="token_nll").float()
         log_pi = -token_nll[:, forced:].sum(1)  # only the sampled tokens are the policy's actions
-        pg, _ = reinforce(log_pi, r["reward"])
+        pg, _ = reinforce(log_pi, r["reward"], self.cfg.samples)
         out = {"pg_loss": pg.detach(), "curriculum_tokens": torch.tensor(float(forced)),
                **{k: v.mean() for k, v in r.items()}}
         loss = pg
         if self.cfg.mle_weight:
-            mle = model(batch, method="loss", epoch=epoch, step=step)["loss"]
+            mle = model(gold, method="loss", epoch=epoch, step=step)["loss"]
             out["mle_loss"] = mle.detach()
             loss = loss + self.cfg.mle_weight * mle
         return {**out, "loss": loss}
