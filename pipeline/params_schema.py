@@ -282,7 +282,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     },
     # GCL Table 3's other learners (pipeline/learners/mmi.py, pipeline/learners/rl.py, pipeline/learners/adversarial.py)
     "mmi": {"mode": Choice("bidi", "antilm"), "lam": Float(min=0), "length_weight": Float(), "threshold": Int(min=0),
-            "n_best": Int(min=1), "tune": Bool(), "tune_examples": Int(min=1),
+            "n_best": Int(min=1), "nbest": Choice("beam", "sample"), "top_k": Int(min=0), "sample_seed": Int(min=0),
+            "tune": Bool(), "tune_examples": Int(min=1),
             "lam_grid": ListOf(Float(min=0), nonempty=True), "length_grid": ListOf(Float(), nonempty=True)},
     "deeprl": {
         "ease_weight": Float(min=0), "flow_weight": Float(min=0), "coherence_weight": Float(min=0),

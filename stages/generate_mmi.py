@@ -25,9 +25,9 @@ import torch
 
 from pipeline import schema
 from pipeline.dataset import Vocab, load_split
-from pipeline.decode import QUERY_SHUFFLE_SEED, derangement, generate_rows, query_log_probs
+from pipeline.decode import QUERY_SHUFFLE_SEED, derangement, generate_rows, greedy, query_log_probs
 from pipeline.io import InputError, load_params, run_stage, write_json, write_parquet
-from pipeline.learners.mmi import AntiLM, Bidi, MMIConfig, tune
+from pipeline.learners.mmi import AntiLM, Bidi, MMIConfig, reply_stats, tune
 from pipeline.params_schema import validate_run
 from pipeline.train import autocast, load_trained, run_dirs
 from stages.generate import generations_path
@@ -50,10 +50,13 @@ def tune_on_valid(model: Bidi, vocab: Vocab, data_dir: Path, p: dict, device: to
     references = [valid.texts["response"][i] for i in index]
     start = time.perf_counter()
     lam, gamma, table = tune(model, (b.to(device) for b in batches), references, vocab.decode)
+    # the forward model's own greedy replies on the same rows: what reranking is compared with
+    plain = [vocab.decode(t) for b in batches for t in greedy(model.forward_model, b.to(device), p["max_len"]).tokens.tolist()]
     log.info("%s: lambda %.2f, length weight %.2f by validation BLEU on %d valid rows (%d grid points, %.0f s)",
              args.run, lam, gamma, len(index), len(table), time.perf_counter() - start)
     write_json({"lam": lam, "length_weight": gamma, "tuned": True, "examples": len(index), "n_best": model.cfg.n_best,
-                "criterion": "mean of BLEU-1..4 on the valid subset", "grid": table}, tuning_path(args.run, args.seed))
+                "nbest": model.cfg.nbest, "top_k": model.cfg.top_k, "criterion": "mean of BLEU-1..4 on the valid subset",
+                "greedy": reply_stats(references, plain), "grid": table}, tuning_path(args.run, args.seed))
     return lam, gamma
 
 

@@ -230,6 +230,34 @@ def test_nbest_ranks_by_log_prob_per_token_and_keeps_replies_that_end_late():
     assert pools[0][0][1] == pytest.approx(math.log(0.4 * 0.95 * 0.95), abs=1e-4)
 
 
+class ScoredTable(TableModel):
+    """TableModel with the teacher-forced log p(T | S) that sampled N-best lists need."""
+
+    def sequence_log_prob(self, batch, **ctx):
+        prev = torch.cat([torch.full_like(batch.response[:, :1], self.bos), batch.response[:, :-1]], 1)
+        return (self.table[prev, batch.response] * batch.response_mask).sum(1)
+
+
+def test_sampled_nbest_holds_distinct_samples_with_their_log_probs_and_is_seeded():
+    from pipeline.learners.mmi import sampled_nbest
+
+    model = ScoredTable(FORWARD)
+    pools = sampled_nbest(model, tiny_batch(2), n=40, max_len=4, seed=3)
+    want = {A: math.log(0.54), B: math.log(0.27), C: math.log(0.09)}
+    for pool in pools:
+        hyps = [tuple(h) for h, _ in pool]
+        assert len(hyps) == len(set(hyps)) and {h[0] for h in hyps} == {A, B, C}  # 40 draws hold all three
+        assert all(h[1:] == (EOS,) for h in hyps)
+        assert [s for _, s in pool] == pytest.approx([want[h[0]] for h in hyps], abs=1e-3)
+        assert [s for _, s in pool] == sorted((s for _, s in pool), reverse=True)  # best first
+    assert sampled_nbest(model, tiny_batch(2), n=40, max_len=4, seed=3) == pools
+    # top_k 1: only the likeliest token at every step, so one reply
+    assert [[h for h, _ in pool] for pool in sampled_nbest(model, tiny_batch(2), n=10, max_len=4, top_k=1)] == [
+        [[A, EOS]], [[A, EOS]]]
+    with pytest.raises(ValueError, match="nbest"):
+        MMIConfig(nbest="diverse")
+
+
 def test_tune_picks_lambda_and_gamma_by_validation_bleu():
     from pipeline.learners.mmi import tune
 

@@ -20,6 +20,12 @@ pool's ``n_best`` best by forward log-prob per token (Li: divided by length + 1)
 version stopped once ``n`` hypotheses had ended: those are the short generic ones ("do you
 have any pets ?" for 30-40% of the test turns), which no λ could then rerank away.
 
+``nbest: sample`` (not the paper's; Li et al.'s own follow-up, "A simple, fast diverse
+decoding algorithm", and the audit's probe) fills each list with ``n_best`` replies sampled
+from p(T | S) (``top_k`` likeliest tokens per step, seeded by ``sample_seed`` and the batch's
+first row), duplicates dropped: a beam's list is near-identical generic replies for most
+contexts, and no reranking can choose what the list does not hold.
+
 |T| counts the reply's words (``</s>`` excluded). λ and γ are tuned as the paper tunes them,
 on validation BLEU (:func:`tune`: a grid over ``lam_grid`` × ``length_grid`` on a seeded
 subset of the valid split, the criterion the mean of BLEU-1..4: the paper's MERT on BLEU is
@@ -42,6 +48,7 @@ from pipeline.models import Generator, State
 from pipeline.params_schema import config_from
 
 MODES = ("bidi", "antilm")
+NBEST = ("beam", "sample")
 
 
 @dataclass
@@ -51,6 +58,9 @@ class MMIConfig:
     length_weight: float = 0.5  # γ: reward per reply word
     threshold: int = 5  # antilm: the penalty covers the first `threshold` tokens (the paper's γ of g(k))
     n_best: int = 10  # bidi: hypotheses per example (also the beam width)
+    nbest: str = "beam"  # bidi: how the list is built: beam (the paper) | sample (n_best samples, duplicates dropped)
+    top_k: int = 0  # nbest sample: each step samples among the k likeliest tokens (0: all)
+    sample_seed: int = 1
     tune: bool = False  # bidi: choose lam and length_weight on validation BLEU (grid below)
     tune_examples: int = 500  # bidi: the seeded valid subset the grid is scored on
     lam_grid: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
@@ -59,8 +69,10 @@ class MMIConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mmi.mode {self.mode!r}: one of {MODES}")
-        if self.n_best < 1 or self.threshold < 0 or self.tune_examples < 1:
-            raise ValueError("mmi.n_best and mmi.tune_examples must be >= 1 and mmi.threshold >= 0")
+        if self.nbest not in NBEST:
+            raise ValueError(f"mmi.nbest {self.nbest!r}: one of {NBEST}")
+        if self.n_best < 1 or self.threshold < 0 or self.tune_examples < 1 or self.top_k < 0:
+            raise ValueError("mmi.n_best and mmi.tune_examples must be >= 1, mmi.threshold and mmi.top_k >= 0")
         self.lam_grid, self.length_grid = tuple(self.lam_grid), tuple(self.length_grid)
         if self.tune and not (self.lam_grid and self.length_grid):
             raise ValueError("mmi.lam_grid and mmi.length_grid must be non-empty to tune")
@@ -154,6 +166,33 @@ def nbest(model: Generator, batch: Batch, n: int = 10, max_len: int = 30) -> lis
     return pools
 
 
+@torch.no_grad()
+def sampled_nbest(model: Generator, batch: Batch, n: int, max_len: int = 30, top_k: int = 0,
+                  seed: int = 1) -> list[list[tuple[list[int], float]]]:
+    """Per example its distinct replies among ``n`` samples of p(T | S) (token ids, ``</s>``
+    included where the reply ended), with their summed log p(T | S), best first as
+    :func:`nbest` orders them. Seeded by ``seed`` and the batch's first row."""
+    from pipeline.learners.rl import sample_replies, with_replies
+
+    first = int(batch.index[0]) if batch.size else 0
+    g = torch.Generator().manual_seed(seed * 1_000_003 + first)
+    rows = torch.arange(batch.size, device=batch.query.device).repeat_interleave(n)
+    repeated = batch.select(rows)
+    replies = sample_replies(model, repeated, max_len, generator=g, top_k=top_k)
+    scores = model.sequence_log_prob(with_replies(repeated, replies, model.pad)).float().tolist()
+    pools: list[list[tuple[list[int], float]]] = [[] for _ in range(batch.size)]
+    seen: list[set] = [set() for _ in range(batch.size)]
+    for j, (reply, score) in enumerate(zip(replies.tolist(), scores, strict=True)):
+        ids = tuple(t for t in reply if t != model.pad)
+        i = j // n
+        if ids and ids not in seen[i]:
+            seen[i].add(ids)
+            pools[i].append((list(ids), score))
+    for pool in pools:
+        pool.sort(key=lambda h: -h[1] / (len(h[0]) + 1))
+    return pools
+
+
 def bidi_scores(forward: torch.Tensor, backward: torch.Tensor, lengths: torch.Tensor, lam: float,
                 length_weight: float) -> torch.Tensor:
     """MMI-bidi's reranking score log p(T | S) + λ log p(S | T) + γ |T| (any shape)."""
@@ -181,22 +220,27 @@ class NBest:
         return [best[i][1] for i in range(size)]
 
 
+def reply_stats(references: Sequence[str], replies: list[str]) -> dict:
+    """What the tuning grid records per choice: BLEU (mean of 1..4 and each), Dist-2, degeneracy."""
+    from pipeline.evaluation.metrics import bleu_metrics, degeneracy, distinct
+
+    bleu = bleu_metrics(list(references), replies)
+    return {"bleu": sum(bleu.values()) / 4, **bleu, "distinct_2": distinct([r.split() for r in replies], 2),
+            **degeneracy(replies)}
+
+
 def tune(bidi: Bidi, batches: Iterable[Batch], references: Sequence[str], decode: Callable[[list[int]], str]
          ) -> tuple[float, float, list[dict]]:
     """λ and γ of highest validation BLEU (the mean of BLEU-1..4, pipeline.evaluation.metrics)
     over ``bidi.cfg``'s grids: the N-best lists are built and scored once, then every grid
     point only reranks them. ``batches`` cover the examples of ``references`` in order.
     Returns (λ, γ, every grid point with its BLEU, Dist-2 and top reply share)."""
-    from pipeline.evaluation.metrics import bleu_metrics, degeneracy, distinct
-
     lists = [(batch.size, bidi.lists(batch)) for batch in batches]
     table = []
     for lam in bidi.cfg.lam_grid:
         for gamma in bidi.cfg.length_grid:
             replies = [decode(h) for size, nb in lists for h in nb.best(size, lam, gamma)]
-            bleu = bleu_metrics(list(references), replies)
-            table.append({"lam": lam, "length_weight": gamma, "bleu": sum(bleu.values()) / 4, **bleu,
-                          "distinct_2": distinct([r.split() for r in replies], 2), **degeneracy(replies)})
+            table.append({"lam": lam, "length_weight": gamma, **reply_stats(references, replies)})
     best = max(table, key=lambda row: (row["bleu"], -row["lam"], -row["length_weight"]))  # ties: the smaller knobs
     return best["lam"], best["length_weight"], table
 
@@ -227,7 +271,11 @@ class Bidi(nn.Module):
     @torch.no_grad()
     def lists(self, batch: Batch) -> NBest:
         """Each example's N-best list with its three reranking terms."""
-        pools = nbest(self.forward_model, batch, self.cfg.n_best, self.max_len)
+        if self.cfg.nbest == "sample":
+            pools = sampled_nbest(self.forward_model, batch, self.cfg.n_best, self.max_len, self.cfg.top_k,
+                                  self.cfg.sample_seed)
+        else:
+            pools = nbest(self.forward_model, batch, self.cfg.n_best, self.max_len)
         rows = [i for i, pool in enumerate(pools) for _ in pool]
         hyps = [h for pool in pools for h, _ in pool]
         fwd = torch.tensor([s for pool in pools for _, s in pool])

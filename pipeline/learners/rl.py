@@ -73,9 +73,11 @@ def unwrap(model) -> Generator:
 
 @torch.no_grad()
 def sample_replies(model: Generator, batch: Batch, max_len: int, temperature: float = 1.0,
-                   generator: torch.Generator | None = None, prefix: torch.Tensor | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, prefix: torch.Tensor | None = None,
+                   top_k: int = 0) -> torch.Tensor:
     """[B, T] replies sampled token by token from the model (dropout off), ``</s>``-ended
     where the model ended them within ``max_len``, ``<pad>`` after; never ``<pad>``/``<s>``.
+    ``top_k`` > 0 samples among each step's k likeliest tokens only.
     ``prefix`` [B, L]: the first L tokens are forced (the gold reply's, DeepRL's curriculum);
     a row whose prefix ends (``</s>``) is done."""
     was = model.training
@@ -90,6 +92,8 @@ def sample_replies(model: Generator, batch: Batch, max_len: int, temperature: fl
             log_p, state = model.decode_step(state, prev)
             log_p = log_p.float() / temperature
             log_p[:, [model.pad, model.bos]] = -torch.inf
+            if top_k:
+                log_p = log_p.masked_fill(log_p < log_p.topk(top_k, -1).values[:, -1:], -torch.inf)
             probs = torch.softmax(log_p, -1).cpu()
             tok = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
             if prefix is not None and len(out) < prefix.shape[1]:
