@@ -111,6 +111,7 @@ class TrainConfig:
     validate_every: int = 0  # optimizer steps; 0 = at the end of every epoch
     early_stopping: int = 2  # validations without improvement; 0 = never stop early
     min_lr_decays: int = 1  # early stopping waits for this many LR decays (converged, not just stalled)
+    select_after_lr_decays: int = 0  # best.pt only among validations with this many LR decays behind them (0: all)
     criterion: str = "nll"  # validation criterion of LR decay, early stopping and best.pt (CRITERIA)
     checkpoint_every: int = 100  # optimizer steps between resumable checkpoints (and at validations)
     max_steps: int = 0  # 0 = no limit (tests, smoke runs)
@@ -139,14 +140,16 @@ class TrainConfig:
             raise InputError("params.yaml", f"train.{key}: {why}, got {getattr(self, key)!r}")
 
         for key in ("seed", "epochs", "batch_size", "eval_batch_size", "lr_patience", "validate_every", "warmup_steps",
-                    "early_stopping", "min_lr_decays", "checkpoint_every", "max_steps", "log_every"):
+                    "early_stopping", "min_lr_decays", "select_after_lr_decays", "checkpoint_every", "max_steps",
+                    "log_every"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int):
                 bad(key, "must be an integer")
         for key in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "log_every"):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1")
-        for key in ("lr_patience", "validate_every", "early_stopping", "min_lr_decays", "max_steps", "seed"):
+        for key in ("lr_patience", "validate_every", "early_stopping", "min_lr_decays", "select_after_lr_decays",
+                    "max_steps", "seed"):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0")
         for key in ("lr", "clip", "lr_factor", "lr_floor"):
@@ -341,8 +344,10 @@ class Progress:
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of `epoch` already done
     step: int = 0
-    best_val: float = math.inf  # best validation criterion
-    best_nll: float = math.inf  # validation NLL at that point
+    best_val: float = math.inf  # best validation criterion (what early stopping counts from)
+    kept_val: float = math.inf  # the criterion of best.pt (best_val unless select_after_lr_decays)
+    selected_val: float = math.inf  # best criterion among validations eligible for best.pt
+    best_nll: float = math.inf  # validation NLL of best.pt
     best_step: int = -1
     best_epoch: int = -1
     bad_validations: int = 0
@@ -404,7 +409,7 @@ class _Session:
     def summary(self) -> dict:
         p = self.prog
         return {"best_val_nll": p.best_nll, "best_val_ppl": perplexity(p.best_nll, 1.0),
-                "best_val_criterion": p.best_val, "criterion": self.cfg.criterion, "best_step": p.best_step,
+                "best_val_criterion": p.kept_val, "criterion": self.cfg.criterion, "best_step": p.best_step,
                 "best_epoch": p.best_epoch, "steps": p.step, "epochs": p.epoch, "lr_decays": p.lr_decays,
                 "final_lr": self.lr, "stopped": p.stopped, "precision": self.cfg.precision, "seed": self.cfg.seed}
 
@@ -435,29 +440,37 @@ class _Session:
         # toward stopping.
         epoch = prog.epoch if prog.batch_in_epoch else prog.epoch - 1
         warm = epoch < self.model.warmup_epochs or prog.step < cfg.warmup_steps
-        lr_before = self.lr
+        lr_before, decays_before = self.lr, prog.lr_decays
         if not warm:
             self.scheduler.step(value)
         prog.lr_decays += self.lr < lr_before
         improved = value < prog.best_val
         if improved:
-            prog.best_val, prog.best_nll, prog.best_step, prog.best_epoch = value, metrics["nll"], prog.step, epoch
-            prog.bad_validations = 0
+            prog.best_val, prog.bad_validations = value, 0
+        elif not warm:
+            prog.bad_validations += 1
+        # best.pt: the best validation of weights trained after `select_after_lr_decays` LR decays
+        # (a checkpoint at the first LR can tie a converged one in NLL yet decode far more
+        # generically); until one is eligible, the best so far, so that a run always has one.
+        eligible = decays_before >= cfg.select_after_lr_decays
+        keep = (value < prog.selected_val) if eligible else (prog.selected_val == math.inf and improved)
+        if keep:
+            if eligible:
+                prog.selected_val = value
+            prog.kept_val, prog.best_nll, prog.best_step, prog.best_epoch = value, metrics["nll"], prog.step, epoch
             if self.d.main:
                 save_checkpoint({**self._header(), "step": prog.step, "epoch": epoch, "val_nll": metrics["nll"],
                                  "val_criterion": value}, self.ckpt_dir / "best.pt")
-        elif not warm:
-            prog.bad_validations += 1
         log.info("step %d epoch %d: val NLL %.4f ppl %.2f%s%s lr %.2g%s", prog.step, epoch, metrics["nll"],
                  metrics["ppl"], f" persona acc {metrics['persona_acc']:.3f}" if "persona_acc" in metrics else "",
                  f" {cfg.criterion} {value:.4f}" if cfg.criterion != "nll" else "",
-                 self.lr, " (best)" if improved else "")
+                 self.lr, " (best)" if keep else "")
         if self.live is not None:
             self.live.step = prog.step
             for k, v in {**{f"val/{k}": v for k, v in metrics.items()}, "val/criterion": value, "lr": self.lr}.items():
                 self.live.log_metric(k, v)
             for k, v in {"val_nll": prog.best_nll, "val_ppl": perplexity(prog.best_nll, 1.0),
-                         "val_criterion": prog.best_val}.items():
+                         "val_criterion": prog.kept_val}.items():
                 self.live.log_metric(f"best/{k}", v, plot=False)
             self.live.make_summary()
         # Converged: no improvement for `early_stopping` validations, at least `min_lr_decays`
@@ -511,7 +524,9 @@ def _open_session(model_name: str, all_params: dict, run: str, data_dir: Path, c
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         _restore_rng(resume["rng"], d, device)
-        prog = Progress(**resume["progress"])
+        saved = resume["progress"]
+        # a last.pt from before best.pt's selection rule: its best.pt was the best so far
+        prog = Progress(**{"kept_val": saved["best_val"], "selected_val": saved["best_val"], **saved})
         log.info("resuming %s from %s: epoch %d, batch %d, step %d, best val criterion %.4f",
                  run, ckpt_dir / "last.pt", prog.epoch, prog.batch_in_epoch, prog.step, prog.best_val)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -122,6 +122,27 @@ def test_schedule_early_stopping_and_best(tmp_path, data_dir, monkeypatch):
     assert lr == pytest.approx(0.004 * 0.5**3)
 
 
+def test_best_checkpoint_only_after_an_lr_decay_when_asked(tmp_path, data_dir, monkeypatch):
+    """The lowest NLL comes at the first LR (step 4); with select_after_lr_decays 1, best.pt is
+    the best validation of weights trained after the first decay: step 8, not step 6, whose
+    validation triggered the decay (its weights saw only the first LR) though its NLL is lower.
+    Early stopping still counts from 2.0."""
+    params = tiny_params(train={"epochs": 10, "validate_every": 2, "early_stopping": 3, "lr_patience": 0,
+                                "lr": 0.004, "select_after_lr_decays": 1})
+    vals = iter([3.0, 2.0, 2.05, 2.1, 2.7, 2.8])  # the LR halves after the validation of 2.05 (step 6)
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: {"nll": next(vals), "ppl": 1.0})
+    out = run(tmp_path, data_dir, params)
+    assert out["steps"] == 10  # three validations without beating 2.0: the same stop as without the rule
+    assert load_checkpoint(tmp_path / "ck/best.pt")["step"] == 8 and out["best_val_nll"] == 2.1
+    assert out["best_step"] == 8 and out["best_val_criterion"] == 2.1
+    # never an LR decay: best.pt is still the best validation, so a run always has one
+    vals2 = iter([3.0, 2.0])
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: {"nll": next(vals2), "ppl": 1.0})
+    out = run(tmp_path / "b", data_dir, tiny_params(train={"epochs": 2, "validate_every": 0,
+                                                           "select_after_lr_decays": 1}))
+    assert out["best_val_nll"] == 2.0 and load_checkpoint(tmp_path / "b/ck/best.pt")["val_nll"] == 2.0
+
+
 def test_unknown_train_param(tmp_path, data_dir):
     from pipeline.io import InputError
 
