@@ -24,6 +24,7 @@ from pipeline import schema
 from pipeline.dataset import Vocab, load_split
 from pipeline.decode import QUERY_SHUFFLE_SEED, derangement, generate_rows, query_log_probs
 from pipeline.io import InputError, load_params, run_stage, write_parquet
+from pipeline.params_schema import validate_run
 from pipeline.train import PRECISIONS, autocast, load_trained, run_dirs
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,12 @@ def main(argv: list[str] | None = None) -> Path:
     for key, value in (s.split("=", 1) for s in args.set):
         if key not in model.params:
             raise InputError(best, f"--set {key}: not a param of this {type(model).name} model")
-        model.params[key] = yaml.safe_load(value)
+        value = yaml.safe_load(value)
+        try:  # the same check as the key in params.yaml (a bad choice: one line, not a traceback mid-decode)
+            validate_run(type(model).name, {"model": type(model).name, key: value})
+        except InputError as e:
+            raise InputError(best, f"--set {key}={value!r}: {e}") from None
+        model.params[key] = value
     dataset = load_split(args.split, vocab, type(model).data_config(model.params), data_dir)
     if p.get("precision", "auto") not in PRECISIONS:
         raise InputError("params.yaml", f"generate.precision: expected one of {', '.join(PRECISIONS)}, got {p['precision']!r}")

@@ -186,6 +186,8 @@ def test_train_and_generate_stages(tmp_path, data_dir, monkeypatch):
     assert (cwd / "reports/generations/probe/seed2.parquet").exists()
     res = _run_stage(cwd, "stages.generate", "seq2seq", "--seed", "2", "--set", "nope=1", "--as", "probe")
     assert res.returncode != 0 and "--set nope: not a param" in res.stderr and "Traceback" not in res.stderr
+    res = _run_stage(cwd, "stages.generate", "seq2seq", "--seed", "2", "--set", "dropout=2", "--as", "probe")
+    assert res.returncode != 0 and "--set dropout=2" in res.stderr and "Traceback" not in res.stderr
 
 
 @pytest.mark.slow
