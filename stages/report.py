@@ -205,7 +205,8 @@ def main() -> None:
         m: report.by_example(gens[m][case_seeds[m]]) if m in case_seeds else None for m in models
     }
     text = report.render(summary, claims, case_generations, models, controls, str(source), p["case_studies"],
-                         p.get("case_ids") or [], case_seeds, replicates, per_seed)  # fmt: skip
+                         p.get("case_ids") or [], case_seeds, replicates, per_seed,
+                         report.learner_deviations(params))  # fmt: skip
     records = training_records(models, seeds)
     if records:
         text = text.rstrip("\n") + "\n\n" + training_table(records)

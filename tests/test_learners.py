@@ -422,6 +422,15 @@ def test_deeprl_objective_gradients_and_coherence(data_dir, vocab):
     assert torch.equal(a, sample_replies(policy, batch, 6, generator=torch.Generator().manual_seed(5)))
     assert not ((a == vocab.pad) & torch.cat([torch.zeros(8, 1, dtype=torch.bool),
                                                (a == vocab.eos).cumsum(1)[:, :-1] == 0], 1)).any()
+    # repeat: each context encoded once, sampled 3 times -- the same draws as a repeated batch;
+    # log_probs: the summed log p(T | S) a teacher-forced pass gives the same replies
+    rows = torch.arange(8).repeat_interleave(3)
+    r, lp = sample_replies(policy, batch, 6, generator=torch.Generator().manual_seed(5), repeat=3, log_probs=True)
+    assert torch.equal(r, sample_replies(policy, batch.select(rows), 6, generator=torch.Generator().manual_seed(5)))
+    policy.eval()
+    with torch.no_grad():
+        want = policy.sequence_log_prob(with_replies(batch.select(rows), r, vocab.pad)).float()
+    torch.testing.assert_close(lp, want, atol=1e-4, rtol=1e-4)
 
 
 def test_reinforce_pushes_up_the_better_sample():
@@ -600,3 +609,16 @@ def test_coherence_forward_weighs_only_r3s_forward_half(data_dir, vocab):
     assert not torch.allclose(a["reward"], b["reward"])
     with pytest.raises(ValueError, match="coherence_forward"):
         DeepRLConfig(coherence_forward=-1.0)
+
+
+def test_sample_categorical_draws_each_row_from_its_own_distribution_never_a_zero():
+    from pipeline.learners.rl import sample_categorical
+
+    probs = torch.tensor([[0.0, 0.1, 0.6, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]]).repeat(20_000, 1)
+    tok = sample_categorical(probs, torch.Generator().manual_seed(0))
+    first, second = tok[0::2], tok[1::2]
+    assert torch.equal(second, torch.full_like(second, 4))
+    share = torch.bincount(first, minlength=5).float() / len(first)
+    assert share[0] == 0 and share[4] == 0
+    torch.testing.assert_close(share[1:4], torch.tensor([0.1, 0.6, 0.3]), atol=0.01, rtol=0)
+    assert torch.equal(tok, sample_categorical(probs, torch.Generator().manual_seed(0)))  # seeded

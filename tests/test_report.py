@@ -495,3 +495,14 @@ def test_collapsed_runs_are_shown_and_their_claims_flagged(project):
     assert "⚠ collapsed: GPMN seed 1" in flagged[0]
     summary = json.loads((project / "reports/summary.json").read_text())
     assert summary["gpmn"]["top_reply_share"]["mean"] == 0.8
+
+
+def test_learner_deviations_name_each_non_paper_learner_setting_and_nothing_else():
+    from pipeline.evaluation.report import learner_deviations
+
+    paper = {"deeprl": {"coherence_forward": 1.0}, "mmi": {"nbest": "beam", "n_best": 50}}
+    assert learner_deviations(paper) == []
+    ours = learner_deviations({"deeprl": {"coherence_forward": 0.0}, "mmi": {"nbest": "sample", "n_best": 50}})
+    assert len(ours) == 2
+    assert "`deeprl.coherence_forward`" in ours[0] and "by 0 " in ours[0]
+    assert "50 samples" in ours[1] and "`mmi.nbest: sample`" in ours[1]

@@ -442,6 +442,21 @@ def _case_seeds_note(case_seeds: Mapping[str, str]) -> str:
     return "Responses from: " + ", ".join(f"{display(m)} {s}" for m, s in case_seeds.items()) + "."
 
 
+def learner_deviations(params: Mapping) -> list[str]:
+    """Sentences naming where params.yaml's DeepRL and MMI-bidi differ from their papers
+    (reports/audits/baseline_probes.md: the papers' forms answer many turns with one sentence here)."""
+    out = []
+    if float(params.get("deeprl", {}).get("coherence_forward", 1.0)) != 1.0:
+        out.append(f"DeepRL's semantic-coherence reward r3 weights its forward half log p(a | context) by "
+                   f"{params['deeprl']['coherence_forward']:g} (`deeprl.coherence_forward`; the paper: 1), since "
+                   "that half scores a constant generic question above the gold replies.")
+    mmi = params.get("mmi", {})
+    if mmi.get("nbest", "beam") != "beam":
+        out.append(f"MMI-bidi reranks {mmi.get('n_best')} samples of p(T | S) (`mmi.nbest: sample`; the paper: "
+                   "a beam's N-best), since the beam's list is near-identical generic replies.")
+    return out
+
+
 def render(
     summary: Mapping[str, dict],
     claims: Sequence[Mapping],
@@ -454,6 +469,7 @@ def render(
     case_seeds: Mapping[str, str] | None = None,
     bootstrap: int = 1000,
     per_seed: Mapping[str, Mapping[str, Mapping]] | None = None,
+    deviations: Sequence[str] = (),
 ) -> str:
     """The whole document. ``summary``: run -> metric -> ``pipeline.evaluation.stats.summarize``;
     ``claims``: ``pipeline.evaluation.stats.evaluate_claims``; ``generations``: model -> example_id ->
@@ -510,6 +526,7 @@ def render(
         "the paper's MMI row is beside our MMI-bidi (N-best reranking by the backward model); our "
         "MMI-antiLM has no paper row. GCL is the run of Table 2(a); Seq2Seq (multi-turn) is the MLE "
         "model the learners start from or are compared with (its paper row: Table 2(a)).",
+        *(["", "**Not the papers' learners, by configuration:** " + " ".join(deviations)] if deviations else []),
         "",
         "## Persona use against a shuffled persona",
         "",

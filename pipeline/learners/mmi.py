@@ -172,14 +172,12 @@ def sampled_nbest(model: Generator, batch: Batch, n: int, max_len: int = 30, top
     """Per example its distinct replies among ``n`` samples of p(T | S) (token ids, ``</s>``
     included where the reply ended), with their summed log p(T | S), best first as
     :func:`nbest` orders them. Seeded by ``seed`` and the batch's first row."""
-    from pipeline.learners.rl import sample_replies, with_replies
+    from pipeline.learners.rl import sample_replies
 
     first = int(batch.index[0]) if batch.size else 0
     g = torch.Generator().manual_seed(seed * 1_000_003 + first)
-    rows = torch.arange(batch.size, device=batch.query.device).repeat_interleave(n)
-    repeated = batch.select(rows)
-    replies = sample_replies(model, repeated, max_len, generator=g, top_k=top_k)
-    scores = model.sequence_log_prob(with_replies(repeated, replies, model.pad)).float().tolist()
+    replies, scores = sample_replies(model, batch, max_len, generator=g, top_k=top_k, repeat=n, log_probs=True)
+    scores = scores.tolist()
     pools: list[list[tuple[list[int], float]]] = [[] for _ in range(batch.size)]
     seen: list[set] = [set() for _ in range(batch.size)]
     for j, (reply, score) in enumerate(zip(replies.tolist(), scores, strict=True)):

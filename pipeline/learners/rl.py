@@ -72,40 +72,60 @@ def unwrap(model) -> Generator:
 
 
 @torch.no_grad()
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[B] one draw per row of ``probs`` [B, V] by inverting its CDF: about 15x faster than
+    ``torch.multinomial`` on CPU at 6,400 x 7,384 (which took 60% of MMI's sampled N-best).
+    A token of probability 0 is never drawn (the first index whose cumulative mass exceeds u)."""
+    cdf = probs.float().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:] * (1 - 1e-6)
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=probs.shape[1] - 1)
+
+
 def sample_replies(model: Generator, batch: Batch, max_len: int, temperature: float = 1.0,
                    generator: torch.Generator | None = None, prefix: torch.Tensor | None = None,
-                   top_k: int = 0) -> torch.Tensor:
-    """[B, T] replies sampled token by token from the model (dropout off), ``</s>``-ended
+                   top_k: int = 0, repeat: int = 1, log_probs: bool = False):
+    """[B·repeat, T] replies sampled token by token from the model (dropout off), ``</s>``-ended
     where the model ended them within ``max_len``, ``<pad>`` after; never ``<pad>``/``<s>``.
     ``top_k`` > 0 samples among each step's k likeliest tokens only.
-    ``prefix`` [B, L]: the first L tokens are forced (the gold reply's, DeepRL's curriculum);
-    a row whose prefix ends (``</s>``) is done."""
+    ``repeat``: that many samples of each context, adjacent; the contexts are encoded once
+    (MMI's N-best of 50 per context spent 80% of its time re-encoding copies).
+    ``log_probs``: also return each reply's summed log p(T | S) under the model itself
+    (before temperature and ``top_k``), what a teacher-forced pass would score.
+    ``prefix`` [B·repeat, L]: the first L tokens are forced (the gold reply's, DeepRL's
+    curriculum); a row whose prefix ends (``</s>``) is done."""
     was = model.training
     model.eval()
     try:
         state = model.encode(batch)
         b, device = batch.size, batch.query.device
+        if repeat > 1:
+            state = model.reorder_state(state, torch.arange(b, device=device).repeat_interleave(repeat))
+            b *= repeat
         prev = torch.full((b,), model.bos, dtype=torch.long, device=device)
         done = torch.zeros(b, dtype=torch.bool, device=device)
+        total = torch.zeros(b, device=device)
         out = []
         for _ in range(max_len):
             log_p, state = model.decode_step(state, prev)
-            log_p = log_p.float() / temperature
+            raw = log_p.float()
+            log_p = raw / temperature
             log_p[:, [model.pad, model.bos]] = -torch.inf
             if top_k:
                 log_p = log_p.masked_fill(log_p < log_p.topk(top_k, -1).values[:, -1:], -torch.inf)
-            probs = torch.softmax(log_p, -1).cpu()
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
+            tok = sample_categorical(torch.softmax(log_p, -1).cpu(), generator).to(device)
             if prefix is not None and len(out) < prefix.shape[1]:
                 forced = prefix[:, len(out)]
                 tok = torch.where(forced != model.pad, forced, tok)
             tok = tok.masked_fill(done, model.pad)
+            if log_probs:
+                total += raw.gather(1, tok.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0)
             out.append(tok)
             done |= tok == model.eos
             prev = tok
             if bool(done.all()):
                 break
-        return torch.stack(out, 1)
+        replies = torch.stack(out, 1)
+        return (replies, total) if log_probs else replies
     finally:
         model.train(was)
 
