@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale-decode-rows", type=int, default=1000, help="scale: test rows decoded")
     ap.add_argument("--sample", type=int, default=400, help="queries/examples timed on the slow paths")
     ap.add_argument("--only", default="",
-                    help="comma-separated subset: stage_times,encoder,scoring,decoding,gcl_validation,threads,projection,bm25,labelling,"
+                    help="comma-separated subset: stage_times,encoder,scoring,decoding,mmi_sampling,gcl_validation,threads,projection,bm25,labelling,"
                          "train,parity,gcl,pruning,noop,scale,one_seed_repro,full_repro "
                          "(one_seed_repro and full_repro only when named: they run the pipeline in a scratch clone)")
     ap.add_argument("--out", default="reports/benchmarks")
@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         ("encoder", speed.encoder),
         ("scoring", speed.scoring),
         ("decoding", speed.decoding),
+        ("mmi_sampling", speed.mmi_sampling),
         ("gcl_validation", speed.gcl_validation),
         ("threads", speed.threads),
         ("projection", projection.projection),

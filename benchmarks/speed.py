@@ -307,3 +307,34 @@ def threads(run: str = "seq2seq_history", steps: int = 20) -> tuple[dict, dict]:
 
 if __name__ == "__main__":
     print(json.dumps(dict(zip(("headline", "details"), globals()[sys.argv[1]](), strict=True)), indent=1))
+
+
+def mmi_sampling(rows: int = 64, n: int = 50, run: str = "seq2seq_history") -> tuple[dict, dict]:
+    """MMI-bidi's sampled N-best (``mmi.nbest: sample``) for ``rows`` valid contexts, ``n`` samples
+    each. Before: every context copied n times and encoded n times, ``torch.multinomial`` draws,
+    a teacher-forced pass to score the samples; after: ``sampled_nbest`` (encoded once, state
+    repeated; inverse-CDF draws; log-probs summed while sampling)."""
+    from pipeline.learners import rl
+    from pipeline.learners.mmi import sampled_nbest
+
+    model, _, split, trained = _model(run)
+    batch = split("valid").collate(list(range(rows)))
+    max_len = load_params("generate")["max_len"]
+
+    def before():
+        g = torch.Generator().manual_seed(1)
+        repeated = batch.select(torch.arange(batch.size).repeat_interleave(n))
+        categorical = rl.sample_categorical
+        rl.sample_categorical = lambda probs, gen: torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        try:
+            replies = rl.sample_replies(model, repeated, max_len, generator=g)
+        finally:
+            rl.sample_categorical = categorical
+        with torch.no_grad():
+            model.sequence_log_prob(rl.with_replies(repeated, replies, model.pad))
+
+    seconds = {"before": _best_of(before, 1),
+               "after": _best_of(lambda: sampled_nbest(model, batch, n, max_len, seed=1), 1)}
+    return ({"mmi_sampling_speedup": round(seconds["before"] / seconds["after"], 2)},
+            {"run": run, "trained": trained, "rows": rows, "samples_per_row": n, "vocab": model.vocab_size,
+             "seconds": {k: round(v, 2) for k, v in seconds.items()}})
