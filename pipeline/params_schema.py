@@ -238,7 +238,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "seed": Int(min=0), "epochs": Int(min=1), "batch_size": Int(min=1), "eval_batch_size": Int(min=1),
         "lr": Float(gt=0), "clip": Float(min=0), "lr_factor": Float(gt=0, lt=1), "lr_patience": Int(min=0),
         "warmup_steps": Int(min=0), "adam_beta2": Float(gt=0, lt=1), "lr_floor": Float(min=0), "validate_every": Int(min=0), "early_stopping": Int(min=0),
-        "min_lr_decays": Int(min=0), "select_after_lr_decays": Int(min=0),
+        "min_lr_decays": Int(min=0), "select_after_lr_decays": Int(min=0), "select_tolerance": Float(min=0),
         "criterion": Choice("nll", "persona_nll", "cl_nll"),
         "checkpoint_every": Int(min=1), "max_steps": Int(min=0), "log_every": Int(min=1), "bucket": Bool(),
         "device": Choice(*DEVICES), "precision": Choice("auto", "bf16", "fp32"),

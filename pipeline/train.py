@@ -112,6 +112,7 @@ class TrainConfig:
     early_stopping: int = 2  # validations without improvement; 0 = never stop early
     min_lr_decays: int = 1  # early stopping waits for this many LR decays (converged, not just stalled)
     select_after_lr_decays: int = 0  # best.pt only among validations with this many LR decays behind them (0: all)
+    select_tolerance: float = 0.0  # a later validation within this much of the best criterion replaces best.pt
     criterion: str = "nll"  # validation criterion of LR decay, early stopping and best.pt (CRITERIA)
     checkpoint_every: int = 100  # optimizer steps between resumable checkpoints (and at validations)
     max_steps: int = 0  # 0 = no limit (tests, smoke runs)
@@ -152,7 +153,7 @@ class TrainConfig:
                     "max_steps", "seed"):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0")
-        for key in ("lr", "clip", "lr_factor", "lr_floor"):
+        for key in ("lr", "clip", "lr_factor", "lr_floor", "select_tolerance"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 bad(key, "must be a number >= 0")
@@ -345,7 +346,7 @@ class Progress:
     batch_in_epoch: int = 0  # batches of `epoch` already done
     step: int = 0
     best_val: float = math.inf  # best validation criterion (what early stopping counts from)
-    kept_val: float = math.inf  # the criterion of best.pt (best_val unless select_after_lr_decays)
+    kept_val: float = math.inf  # the criterion of best.pt (best_val unless select_after_lr_decays / select_tolerance)
     selected_val: float = math.inf  # best criterion among validations eligible for best.pt
     best_nll: float = math.inf  # validation NLL of best.pt
     best_step: int = -1
@@ -452,8 +453,10 @@ class _Session:
         # best.pt: the best validation of weights trained after `select_after_lr_decays` LR decays
         # (a checkpoint at the first LR can tie a converged one in NLL yet decode far more
         # generically); until one is eligible, the best so far, so that a run always has one.
+        # A tie within `select_tolerance` of the best goes to the later, more trained weights.
         eligible = decays_before >= cfg.select_after_lr_decays
-        keep = (value < prog.selected_val) if eligible else (prog.selected_val == math.inf and improved)
+        tie = cfg.select_tolerance > 0 and value <= prog.best_val + cfg.select_tolerance
+        keep = (value < prog.selected_val or tie) if eligible else (prog.selected_val == math.inf and improved)
         if keep:
             if eligible:
                 prog.selected_val = value

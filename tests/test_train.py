@@ -143,6 +143,33 @@ def test_best_checkpoint_only_after_an_lr_decay_when_asked(tmp_path, data_dir, m
     assert out["best_val_nll"] == 2.0 and load_checkpoint(tmp_path / "b/ck/best.pt")["val_nll"] == 2.0
 
 
+def test_a_later_validation_within_the_tolerance_takes_best_pt(tmp_path, data_dir, monkeypatch):
+    """select_tolerance 0.01: 2.005 (step 8) ties the best 2.0 (step 4) and replaces it; 2.3 does
+    not; 1.99 (step 10) is a new best. Early stopping still counts from the strict best."""
+    params = tiny_params(train={"epochs": 10, "validate_every": 2, "early_stopping": 3, "lr_patience": 0,
+                                "lr": 0.004, "select_tolerance": 0.01})
+    vals = iter([3.0, 2.0, 2.3, 2.005, 1.99, 2.5, 2.6, 2.7])
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: {"nll": next(vals), "ppl": 1.0})
+    seen = []
+    save = train_mod.save_checkpoint
+    monkeypatch.setattr(train_mod, "save_checkpoint",
+                        lambda obj, path: (seen.append(obj["step"]) if Path(path).name == "best.pt" else None,
+                                           save(obj, path))[1])
+    out = run(tmp_path, data_dir, params)
+    assert seen == [2, 4, 8, 10] and out["steps"] == 16  # three bad validations after 1.99
+    assert out["best_step"] == 10 and out["best_val_nll"] == 1.99
+    # 0 (the papers, and the fine-tunes): the strict minimum
+    vals = iter([3.0, 2.0, 2.3, 2.005, 2.3])
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: {"nll": next(vals), "ppl": 1.0})
+    out = run(tmp_path / "b", data_dir, tiny_params(train={"epochs": 10, "validate_every": 2, "early_stopping": 3,
+                                                           "lr_patience": 0, "lr": 0.004}))
+    assert out["best_step"] == 4 and out["best_val_nll"] == 2.0
+    from pipeline.io import InputError
+
+    with pytest.raises(InputError, match="select_tolerance"):
+        run(tmp_path / "c", data_dir, tiny_params(train={"select_tolerance": -0.1}))
+
+
 def test_unknown_train_param(tmp_path, data_dir):
     from pipeline.io import InputError
 
