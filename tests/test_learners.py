@@ -426,6 +426,7 @@ def test_deeprl_objective_gradients_and_coherence(data_dir, vocab):
     # log_probs: the summed log p(T | S) a teacher-forced pass gives the same replies
     rows = torch.arange(8).repeat_interleave(3)
     r, lp = sample_replies(policy, batch, 6, generator=torch.Generator().manual_seed(5), repeat=3, log_probs=True)
+    assert not lp.requires_grad  # sampling builds no graph (REINFORCE rescores the replies with grad)
     assert torch.equal(r, sample_replies(policy, batch.select(rows), 6, generator=torch.Generator().manual_seed(5)))
     policy.eval()
     with torch.no_grad():
