@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pipeline.evaluation.stats import NOT_RUN
 from pipeline.io import InputError, atomic_path, run_stage
 
 CLAIMS = "reports/claims.json"
@@ -24,9 +25,8 @@ CLAIMS = "reports/claims.json"
 def status(claim: Mapping | None) -> str:
     if claim is None:
         return "—"
-    holds = claim.get("holds")
-    text = {True: "yes", False: "no"}.get(holds) if isinstance(holds, bool) else None
-    text = text or ("not run" if holds in (None, "not run") else "n.s.")
+    holds = claim.get("holds")  # True | False | stats.NOT_SIGNIFICANT | stats.NOT_RUN
+    text = "yes" if holds is True else "no" if holds is False else "not run" if holds in (None, NOT_RUN) else "n.s."
     return text + (" ⚠" if claim.get("collapsed") else "")
 
 
