@@ -97,6 +97,7 @@ def measured_on() -> str:
 def render(results: dict) -> str:
     rows = [
         ("MLE training step, multi-turn Seq2Seq: padded vs packed encoder GRU", "encoder_step_speedup_history", "x"),
+        ("MLE training step, multi-turn Seq2Seq: readout on every position vs on real tokens", "readout_step_speedup_history", "x"),
         ("reference_scores pass: shared contexts, precision auto vs per-pair bf16", "reference_scores_speedup", "x"),
         ("generate stage work (decode + query_gain): precision auto vs bf16", "generate_speedup", "x"),
         ("GCL validation: every valid group vs the gcl.valid_examples subset", "gcl_validation_speedup", "x"),
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale-decode-rows", type=int, default=1000, help="scale: test rows decoded")
     ap.add_argument("--sample", type=int, default=400, help="queries/examples timed on the slow paths")
     ap.add_argument("--only", default="",
-                    help="comma-separated subset: stage_times,encoder,scoring,decoding,mmi_sampling,gcl_validation,threads,projection,bm25,labelling,"
+                    help="comma-separated subset: stage_times,encoder,readout,scoring,decoding,mmi_sampling,gcl_validation,threads,projection,bm25,labelling,"
                          "train,parity,gcl,pruning,noop,scale,one_seed_repro,full_repro "
                          "(one_seed_repro and full_repro only when named: they run the pipeline in a scratch clone)")
     ap.add_argument("--out", default="reports/benchmarks")
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[benchmarks] stage_times: no records in {stage_times.records_dir()}", file=sys.stderr)
     steps = [
         ("encoder", speed.encoder),
+        ("readout", speed.readout),
         ("scoring", speed.scoring),
         ("decoding", speed.decoding),
         ("mmi_sampling", speed.mmi_sampling),

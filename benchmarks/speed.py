@@ -7,6 +7,8 @@
   query_gain pass) in bf16 against ``precision: auto``.
 - ``gcl_validation``: one validation of a GCL fine-tune on every valid group against the
   seeded subset of ``gcl.valid_examples``, and the paired CI of a criterion difference.
+- ``readout``: MLE training steps with the output layer on every response position against
+  on the real tokens only.
 - ``threads``: MLE training steps in one process with 2 threads against two processes with
   one thread each, side by side (what ``dvc queue start -j 2`` would do).
 
@@ -261,6 +263,55 @@ def encoder(runs=("seq2seq_history", "hred_history", "pednet", "seq2seq"), steps
         details[run] = {"seconds_per_step": {k: round(v, 3) for k, v in best.items()},
                         "speedup": round(best["packed"] / best["padded"], 2), "batch_size": cfg.batch_size}
     return {"encoder_step_speedup_history": details[runs[0]]["speedup"]}, {"precision": resolve_precision("auto", "cpu"),
+                                                                           "steps": steps, "runs": details}
+
+
+def _full_readout_nll(self, batch, state=None):
+    """token_nll before: the readout on every [B, T] position, padding masked after."""
+    import torch.nn.functional as F
+
+    logits = self.teacher_forced_logits(batch, state)
+    b, t, v = logits.shape
+    nll = F.cross_entropy(logits.float().reshape(b * t, v), batch.response.reshape(-1), reduction="none")
+    return nll.view(b, t) * batch.response_mask
+
+
+def readout(runs=("seq2seq_history", "transformer_history", "seq2seq"), steps: int = 6,
+            rounds: int = 2) -> tuple[dict, dict]:
+    """MLE training steps (``precision: auto``) with the readout and softmax on every
+    response position (before) and on the real tokens only (after, ``Generator.token_nll``):
+    the same batches and starting weights, blocks alternating, each figure the best block."""
+    import copy
+
+    from benchmarks.measures import _step, _training_setup
+    from pipeline.models import Generator
+
+    ours = Generator.token_nll
+    details = {}
+    for run in runs:
+        model, _, ds, batches, cfg = _training_setup(run, steps, resolve_precision("auto", "cpu"))
+        model.train()
+        start_state = copy.deepcopy(model.state_dict())
+        batches = [ds.collate(i) for i in batches]
+        padding = float(sum((~b.response_mask).sum() for b in batches) / sum(b.response_mask.numel() for b in batches))
+        best = {"all_positions": float("inf"), "real_tokens": float("inf")}
+        try:
+            for _ in range(rounds):
+                for name, fn in (("all_positions", _full_readout_nll), ("real_tokens", ours)):
+                    Generator.token_nll = fn
+                    model.load_state_dict(start_state)
+                    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+                    _step(model, optimizer, batches[0], cfg)
+                    start = time.perf_counter()
+                    for batch in batches[1:]:
+                        _step(model, optimizer, batch, cfg)
+                    best[name] = min(best[name], (time.perf_counter() - start) / (len(batches) - 1))
+        finally:
+            Generator.token_nll = ours
+        details[run] = {"seconds_per_step": {k: round(v, 3) for k, v in best.items()},
+                        "speedup": round(best["all_positions"] / best["real_tokens"], 2),
+                        "response_padding_share": round(padding, 3), "batch_size": cfg.batch_size}
+    return {"readout_step_speedup_history": details[runs[0]]["speedup"]}, {"precision": resolve_precision("auto", "cpu"),
                                                                            "steps": steps, "runs": details}
 
 

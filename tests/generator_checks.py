@@ -4,6 +4,7 @@ the model test files: each takes a built model and a batch."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def check_forward_backward(model, batch, tied: bool) -> None:
@@ -21,11 +22,15 @@ def check_forward_backward(model, batch, tied: bool) -> None:
 def check_sequence_log_prob(model, batch, bos: int) -> None:
     """sequence_log_prob (GCL's log p(r | c)) = −(the loss's summed NLL) = the sum of the
     teacher-forced token log-probs taken one decode_step at a time (what beam search and
-    GCL rely on). Call in eval mode."""
+    GCL rely on). token_nll, which reads out the real tokens only, equals the cross-entropy
+    of the full [B, T, V] logits (0 at padding). Call in eval mode."""
     n = batch.size
     with torch.no_grad():
         slp = model.sequence_log_prob(batch)
         torch.testing.assert_close(slp.sum(), -model.loss(batch)["nll_sum"])
+        full = F.cross_entropy(model.teacher_forced_logits(batch).transpose(1, 2), batch.response, reduction="none")
+        assert (~batch.response_mask).any()  # the batch has padding to skip
+        torch.testing.assert_close(model.token_nll(batch), full * batch.response_mask)
         state, prev = model.encode(batch), torch.full((n,), bos)
         total = torch.zeros(n)
         for t in range(batch.response.shape[1]):

@@ -182,8 +182,8 @@ class Generator(nn.Module):
         features, state = self.step(state, self.embeddings(prev_tokens))
         return F.log_softmax(self.readout(features).float(), dim=-1), state
 
-    def teacher_forced_logits(self, batch: Batch, state: State | None = None) -> torch.Tensor:
-        """[B, T, V] logits of every response position, decoder fed the gold prefix."""
+    def teacher_forced_features(self, batch: Batch, state: State | None = None) -> torch.Tensor:
+        """[B, T, D] readout inputs of every response position, decoder fed the gold prefix."""
         if state is None:
             state = self.encode(batch)
         inputs = self.embeddings(batch.decoder_input(self.bos))  # [B, T, E], embedded once
@@ -191,14 +191,22 @@ class Generator(nn.Module):
         for t in range(inputs.shape[1]):
             f, state = self.step(state, inputs[:, t])
             features.append(f)
-        return self.readout(torch.stack(features, 1))  # one big matmul for all steps
+        return torch.stack(features, 1)
+
+    def teacher_forced_logits(self, batch: Batch, state: State | None = None) -> torch.Tensor:
+        """[B, T, V] logits of every response position, decoder fed the gold prefix."""
+        return self.readout(self.teacher_forced_features(batch, state))  # one big matmul for all steps
 
     def token_nll(self, batch: Batch, state: State | None = None) -> torch.Tensor:
-        """[B, T] −log p(y_t) of the gold response (0 at padding), float32."""
-        logits = self.teacher_forced_logits(batch, state)
-        b, t, v = logits.shape
-        nll = F.cross_entropy(logits.float().reshape(b * t, v), batch.response.reshape(-1), reduction="none")
-        return nll.view(b, t) * batch.response_mask
+        """[B, T] −log p(y_t) of the gold response (0 at padding), float32. The readout, the
+        largest matmul of a step, runs on the real tokens only (a third of the positions of a
+        batch are padding)."""
+        features = self.teacher_forced_features(batch, state)
+        real = batch.response_mask.bool()
+        logits = self.readout(features[real])  # [N, V]
+        nll = features.new_zeros(real.shape, dtype=torch.float32)
+        nll[real] = F.cross_entropy(logits.float(), batch.response[real], reduction="none")
+        return nll
 
     def nll_terms(self, batch: Batch, state: State | None = None) -> dict[str, torch.Tensor]:
         nll = self.token_nll(batch, state)

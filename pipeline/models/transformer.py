@@ -198,7 +198,7 @@ class Transformer(Generator):
         out, state = self.decode(x, state, mask, cache=True)
         return out.squeeze(1), {**state, "position": state["position"] + 1}
 
-    def teacher_forced_logits(self, batch: Batch, state: State | None = None) -> torch.Tensor:
+    def teacher_forced_features(self, batch: Batch, state: State | None = None) -> torch.Tensor:
         """All response positions in one pass (causal mask), as :meth:`step` would one by one."""
         if state is None:
             state = self.encode(batch)
@@ -207,4 +207,4 @@ class Transformer(Generator):
         positions = state["position"].unsqueeze(1) + torch.arange(t, device=inputs.device)
         causal = torch.ones(t, t, dtype=torch.bool, device=inputs.device).tril().unsqueeze(0)
         out, _ = self.decode(self.embed(inputs, positions), state, causal, cache=False)
-        return self.readout(out)
+        return out
