@@ -317,3 +317,27 @@ def gcl_vs_mle(model_name: str = "seq2seq_history", rounds: int = 3, steps: int 
          "batch_size": {name: cfg.batch_size for name, (cfg, _) in runs.items()},
          "median_target_tokens_per_s": {name: round(v, 1) for name, v in med.items()}},
     )
+
+
+def dvc_lock(path: str = "dvc.lock", repeats: int = 3) -> tuple[dict, dict]:
+    """DVC's reads of dvc.lock (``dvc.utils.serialize.parse_yaml``: ruamel's safe loader,
+    several per stage that ``dvc repro`` runs) in pure Python against ruamel.yaml.clib's C
+    loader, on the committed lock; and the round-trip parse DVC does once per stage to
+    rewrite the lock, which has no C loader."""
+    from pathlib import Path
+
+    from ruamel.yaml import YAML
+
+    text = Path(path).read_text()
+    seconds = {}
+    for name, yaml in (("pure_python", YAML(typ="safe", pure=True)), ("c_loader", YAML(typ="safe")),
+                       ("round_trip", YAML(typ="rt"))):
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            yaml.load(text)
+            best = min(best, time.perf_counter() - start)
+        seconds[name] = round(best, 3)
+    return ({"dvc_lock_read_speedup": round(seconds["pure_python"] / seconds["c_loader"], 2)},
+            {"lock_bytes": len(text.encode()), "stages": len(YAML(typ="safe").load(text)["stages"]),
+             "seconds_per_read": seconds})

@@ -33,6 +33,7 @@ REQUIRED = {
     "matplotlib": "matplotlib",
     "psutil": "psutil",
     "pyyaml": "yaml",
+    "ruamel.yaml.clib": "_ruamel_yaml",
 }
 MIN_PYTHON = (3, 10)
 
