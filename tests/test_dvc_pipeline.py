@@ -163,3 +163,26 @@ def test_bad_params_stop_the_repro_before_any_stage(built, override, message):
         assert ran == ["Running stage 'check_params':"], proc.stdout
     finally:
         params.write_text(saved)
+
+
+def test_a_run_split_across_machines_resumes_from_a_remote(tmp_path):
+    """A DAG longer than one machine's life: the first machine commits its partial dvc.lock and
+    pushes the outputs, a trained model's checkpoints included; a fresh clone pulls them and
+    goes on from there, retraining nothing."""
+    from tests.test_full_dag import TINY_DAG
+
+    first = make_project(tmp_path / "first", params=TINY_DAG)
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], first)
+    run(["dvc", "repro", "train@seq2seq-1"], first)
+    run(["git", "add", "-A"], first)
+    run(["git", "commit", "-qm", "partial run"], first)
+    run(["dvc", "push"], first)
+
+    second = tmp_path / "second"
+    run(["git", "clone", "-q", str(first), str(second)], tmp_path)
+    run(["dvc", "pull", "--allow-missing"], second)  # the stages never run have nothing to pull
+    assert (second / "checkpoints" / "seq2seq" / "seed1" / "best.pt").exists()
+    ran = [line for line in run(["dvc", "repro", "generate@seq2seq-1"], second).stdout.splitlines()
+           if line.startswith("Running stage")]
+    assert ran == ["Running stage 'generate@seq2seq-1':"], ran
