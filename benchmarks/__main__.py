@@ -98,7 +98,7 @@ def render(results: dict) -> str:
     rows = [
         ("MLE training step, multi-turn Seq2Seq: padded vs packed encoder GRU", "encoder_step_speedup_history", "x"),
         ("MLE training step, multi-turn Seq2Seq: readout on every position vs on real tokens", "readout_step_speedup_history", "x"),
-        ("DVC's read of the committed dvc.lock: pure-Python vs C YAML loader", "dvc_lock_read_speedup", "x"),
+        ("dvc status of this repository: ruamel's pure-Python vs C YAML loader", "dvc_status_c_loader_speedup", "x"),
         ("reference_scores pass: shared contexts, precision auto vs per-pair bf16", "reference_scores_speedup", "x"),
         ("generate stage work (decode + query_gain): precision auto vs bf16", "generate_speedup", "x"),
         ("GCL validation: every valid group vs the gcl.valid_examples subset", "gcl_validation_speedup", "x"),
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sample", type=int, default=400, help="queries/examples timed on the slow paths")
     ap.add_argument("--only", default="",
                     help="comma-separated subset: stage_times,encoder,readout,scoring,decoding,mmi_sampling,gcl_validation,threads,projection,bm25,labelling,"
-                         "train,parity,gcl,pruning,dvc_lock,noop,scale,one_seed_repro,full_repro "
+                         "train,parity,gcl,pruning,dvc_yaml,noop,scale,one_seed_repro,full_repro "
                          "(one_seed_repro and full_repro only when named: they run the pipeline in a scratch clone)")
     ap.add_argument("--out", default="reports/benchmarks")
     args = ap.parse_args(argv)
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         ("parity", measures.precision_parity),
         ("gcl", measures.gcl_vs_mle),
         ("pruning", measures.pruning),
-        ("dvc_lock", measures.dvc_lock),
+        ("dvc_yaml", measures.dvc_yaml),
     ]
     for name, fn in steps:
         if want(name):

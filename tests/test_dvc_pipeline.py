@@ -165,10 +165,12 @@ def test_bad_params_stop_the_repro_before_any_stage(built, override, message):
         params.write_text(saved)
 
 
+@pytest.mark.slow
 def test_a_run_split_across_machines_resumes_from_a_remote(tmp_path):
     """A DAG longer than one machine's life: the first machine commits its partial dvc.lock and
     pushes the outputs, a trained model's checkpoints included; a fresh clone pulls them and
-    goes on from there, retraining nothing."""
+    goes on from there, retraining nothing. Slow (45 s): the default run's whole-DAG test
+    covers the stages; this one the hand-over."""
     from tests.test_full_dag import TINY_DAG
 
     first = make_project(tmp_path / "first", params=TINY_DAG)
