@@ -228,36 +228,48 @@ def _per_example(obj, model):
         obj.valid_batch = keep
 
 
+def _side_by_side(run: str, steps: int, rounds: int, sides: dict) -> tuple[dict, list, object]:
+    """Seconds per MLE training step (``precision: auto``) of each side, ``sides`` {name:
+    switch} (the switch puts that side in place): the same batches and starting weights,
+    blocks alternating ``rounds`` times, each figure the best block. Returns (seconds, batches,
+    the training config)."""
+    import copy
+
+    from benchmarks.measures import _step, _training_setup
+
+    model, _, ds, batches, cfg = _training_setup(run, steps, resolve_precision("auto", "cpu"))
+    model.train()
+    start_state = copy.deepcopy(model.state_dict())
+    batches = [ds.collate(i) for i in batches]
+    best = dict.fromkeys(sides, float("inf"))
+    for _ in range(rounds):
+        for name, switch in sides.items():
+            switch()
+            model.load_state_dict(start_state)
+            optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+            _step(model, optimizer, batches[0], cfg)
+            start = time.perf_counter()
+            for batch in batches[1:]:
+                _step(model, optimizer, batch, cfg)
+            best[name] = min(best[name], (time.perf_counter() - start) / (len(batches) - 1))
+    return best, batches, cfg
+
+
 def encoder(runs=("seq2seq_history", "hred_history", "pednet", "seq2seq"), steps: int = 6,
             rounds: int = 2) -> tuple[dict, dict]:
     """MLE training steps (forward, backward, clip, Adam; ``precision: auto``) with the
     encoder's bidirectional GRU always packed (before) and as the Encoder chooses now (after:
     padded from ``layers.PADDED_GRU_FROM`` tokens): the same batches and starting weights,
     blocks alternating, each figure the best block."""
-    import copy
-
-    from benchmarks.measures import _step, _training_setup
     from pipeline.models import layers
 
     chosen = layers.PADDED_GRU_FROM
     details = {}
     for run in runs:
-        model, _, ds, batches, cfg = _training_setup(run, steps, resolve_precision("auto", "cpu"))
-        model.train()
-        start_state = copy.deepcopy(model.state_dict())
-        batches = [ds.collate(i) for i in batches]
-        best = {"packed": float("inf"), "padded": float("inf")}
         try:
-            for _ in range(rounds):
-                for name, threshold in (("packed", 10**9), ("padded", chosen)):
-                    layers.PADDED_GRU_FROM = threshold
-                    model.load_state_dict(start_state)
-                    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-                    _step(model, optimizer, batches[0], cfg)
-                    start = time.perf_counter()
-                    for batch in batches[1:]:
-                        _step(model, optimizer, batch, cfg)
-                    best[name] = min(best[name], (time.perf_counter() - start) / (len(batches) - 1))
+            best, _, cfg = _side_by_side(run, steps, rounds, {
+                "packed": lambda: setattr(layers, "PADDED_GRU_FROM", 10**9),
+                "padded": lambda: setattr(layers, "PADDED_GRU_FROM", chosen)})
         finally:
             layers.PADDED_GRU_FROM = chosen
         details[run] = {"seconds_per_step": {k: round(v, 3) for k, v in best.items()},
@@ -281,33 +293,18 @@ def readout(runs=("seq2seq_history", "transformer_history", "seq2seq"), steps: i
     """MLE training steps (``precision: auto``) with the readout and softmax on every
     response position (before) and on the real tokens only (after, ``Generator.token_nll``):
     the same batches and starting weights, blocks alternating, each figure the best block."""
-    import copy
-
-    from benchmarks.measures import _step, _training_setup
     from pipeline.models import Generator
 
     ours = Generator.token_nll
     details = {}
     for run in runs:
-        model, _, ds, batches, cfg = _training_setup(run, steps, resolve_precision("auto", "cpu"))
-        model.train()
-        start_state = copy.deepcopy(model.state_dict())
-        batches = [ds.collate(i) for i in batches]
-        padding = float(sum((~b.response_mask).sum() for b in batches) / sum(b.response_mask.numel() for b in batches))
-        best = {"all_positions": float("inf"), "real_tokens": float("inf")}
         try:
-            for _ in range(rounds):
-                for name, fn in (("all_positions", _full_readout_nll), ("real_tokens", ours)):
-                    Generator.token_nll = fn
-                    model.load_state_dict(start_state)
-                    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-                    _step(model, optimizer, batches[0], cfg)
-                    start = time.perf_counter()
-                    for batch in batches[1:]:
-                        _step(model, optimizer, batch, cfg)
-                    best[name] = min(best[name], (time.perf_counter() - start) / (len(batches) - 1))
+            best, batches, cfg = _side_by_side(run, steps, rounds, {
+                "all_positions": lambda: setattr(Generator, "token_nll", _full_readout_nll),
+                "real_tokens": lambda: setattr(Generator, "token_nll", ours)})
         finally:
             Generator.token_nll = ours
+        padding = float(sum((~b.response_mask).sum() for b in batches) / sum(b.response_mask.numel() for b in batches))
         details[run] = {"seconds_per_step": {k: round(v, 3) for k, v in best.items()},
                         "speedup": round(best["all_positions"] / best["real_tokens"], 2),
                         "response_padding_share": round(padding, 3), "batch_size": cfg.batch_size}
