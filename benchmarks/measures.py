@@ -186,6 +186,18 @@ def _step(model, optimizer, batch, cfg, objective=None) -> int:
     return int(out.get("target_tokens", batch.response_mask.sum()))
 
 
+def _timed_steps(model, optimizer, batches, cfg, objective=None) -> tuple[float, int]:
+    """One untimed warm-up step on the first batch (allocator, lazy init), then the others
+    timed: (seconds, target tokens). ``batches`` may be a generator that collates each batch,
+    so that collating is timed with its step."""
+    batches = iter(batches)
+    _step(model, optimizer, next(batches), cfg, objective)
+    start, tokens = time.perf_counter(), 0
+    for batch in batches:
+        tokens += _step(model, optimizer, batch, cfg, objective)
+    return time.perf_counter() - start, tokens
+
+
 GENERATORS = ("seq2seq", "gpmn", "postks", "pednet")
 
 
@@ -223,11 +235,7 @@ def training(models=GENERATORS, steps: int = 8, rounds: int = 2) -> tuple[dict, 
                 pcfg = TrainConfig.from_params({**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__},
                                                 "precision": precision})
                 optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-                _step(model, optimizer, batches[0], pcfg)  # warm-up (allocator, lazy init)
-                start, tokens = time.perf_counter(), 0
-                for batch in batches[1:]:
-                    tokens += _step(model, optimizer, batch, pcfg)
-                elapsed = time.perf_counter() - start
+                elapsed, tokens = _timed_steps(model, optimizer, batches, pcfg)
                 if tokens / elapsed > rates[precision]:
                     rates[precision], seconds[precision] = tokens / elapsed, elapsed
         details["generators"][name] = {
@@ -305,11 +313,8 @@ def gcl_vs_mle(model_name: str = "seq2seq_history", rounds: int = 3, steps: int 
     for _ in range(rounds):
         for name, (cfg, objective) in runs.items():
             batches = batch_indices(ds.lengths(), cfg.batch_size, g, cfg.bucket)[: steps + 1]
-            _step(model, optimizer, ds.collate(batches[0]), cfg, objective)  # warm-up
-            start, tokens = time.perf_counter(), 0
-            for index in batches[1:]:
-                tokens += _step(model, optimizer, ds.collate(index), cfg, objective)
-            rates[name].append(tokens / (time.perf_counter() - start))
+            elapsed, tokens = _timed_steps(model, optimizer, (ds.collate(i) for i in batches), cfg, objective)
+            rates[name].append(tokens / elapsed)
     med = {name: float(np.median(r)) for name, r in rates.items()}
     return (
         {"gcl_vs_mle_throughput": round(med["gcl"] / med["mle"], 3)},

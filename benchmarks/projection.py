@@ -11,7 +11,6 @@ steps, and per-step costs measured on a few batches."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from pipeline.io import resolve_precision
@@ -29,16 +28,11 @@ PREPROCESSING = ("fetch", "prepare", "embeddings", "pmi", "persona_labels", "con
 
 
 def step_seconds(run: str, steps: int = 5) -> float:
-    from benchmarks.measures import _step, _training_setup
+    from benchmarks.measures import _timed_steps, _training_setup
 
     model, optimizer, ds, batches, cfg = _training_setup(run, steps, resolve_precision("auto", "cpu"))
     model.train()
-    batches = [ds.collate(i) for i in batches]
-    _step(model, optimizer, batches[0], cfg)
-    start = time.perf_counter()
-    for batch in batches[1:]:
-        _step(model, optimizer, batch, cfg)
-    return (time.perf_counter() - start) / (len(batches) - 1)
+    return _timed_steps(model, optimizer, [ds.collate(i) for i in batches], cfg)[0] / (len(batches) - 1)
 
 
 VALIDATION_SHARE = 0.15  # one validation pass per epoch, as a share of the epoch's training steps

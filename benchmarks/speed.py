@@ -235,7 +235,7 @@ def _side_by_side(run: str, steps: int, rounds: int, sides: dict) -> tuple[dict,
     the training config)."""
     import copy
 
-    from benchmarks.measures import _step, _training_setup
+    from benchmarks.measures import _timed_steps, _training_setup
 
     model, _, ds, batches, cfg = _training_setup(run, steps, resolve_precision("auto", "cpu"))
     model.train()
@@ -247,11 +247,8 @@ def _side_by_side(run: str, steps: int, rounds: int, sides: dict) -> tuple[dict,
             switch()
             model.load_state_dict(start_state)
             optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-            _step(model, optimizer, batches[0], cfg)
-            start = time.perf_counter()
-            for batch in batches[1:]:
-                _step(model, optimizer, batch, cfg)
-            best[name] = min(best[name], (time.perf_counter() - start) / (len(batches) - 1))
+            seconds, _ = _timed_steps(model, optimizer, batches, cfg)
+            best[name] = min(best[name], seconds / (len(batches) - 1))
     return best, batches, cfg
 
 
@@ -316,15 +313,11 @@ def readout(runs=("seq2seq_history", "transformer_history", "seq2seq"), steps: i
 def _train_steps(run: str, steps: int, threads: int) -> float:
     """Seconds of ``steps`` MLE training steps of ``run`` with ``threads`` torch threads."""
     torch.set_num_threads(threads)
-    from benchmarks.measures import _step, _training_setup
+    from benchmarks.measures import _timed_steps, _training_setup
 
     model, optimizer, ds, batches, cfg = _training_setup(run, steps, resolve_precision("auto", "cpu"))
     model.train()
-    _step(model, optimizer, ds.collate(batches[0]), cfg)
-    start = time.perf_counter()
-    for index in batches[1:]:
-        _step(model, optimizer, ds.collate(index), cfg)
-    return time.perf_counter() - start
+    return _timed_steps(model, optimizer, (ds.collate(i) for i in batches), cfg)[0]
 
 
 def threads(run: str = "seq2seq_history", steps: int = 20) -> tuple[dict, dict]:
