@@ -7,7 +7,8 @@ test), not a long one."""
 
 from __future__ import annotations
 
-LONGEST_FIRST = ("test_full_dag.py", "test_dvc_pipeline.py", "test_io.py", "test_determinism.py", "test_chat.py")
+LONGEST_FIRST = ("test_full_dag.py", "test_dvc_pipeline.py", "test_io.py", "test_sweeps.py", "test_determinism.py",
+                 "test_chat.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from tests.dvc_project import PREPROCESSING, make_project, run, set_params
 
@@ -188,3 +189,40 @@ def test_a_run_split_across_machines_resumes_from_a_remote(tmp_path):
     ran = [line for line in run(["dvc", "repro", "generate@seq2seq-1"], second).stdout.splitlines()
            if line.startswith("Running stage")]
     assert ran == ["Running stage 'generate@seq2seq-1':"], ran
+
+
+def _ran(out: str) -> list[str]:
+    return [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.mark.slow
+def test_a_run_split_across_sessions_without_a_remote(tmp_path):
+    """No remote, so no checkpoint outlives its machine: each session runs whole chains
+    (training through evaluation) and commits dvc.lock with the git-tracked outputs. The next,
+    in a fresh clone, reruns the preprocessing its chains read (byte-identical across machines,
+    so the lock does not move), then its own chains with --allow-missing: the finished ones,
+    whose checkpoints are gone, are not rerun. Slow (about 1 min)."""
+    from tests.test_full_dag import TINY_DAG
+
+    first = make_project(tmp_path / "first", params=TINY_DAG)
+    run(["dvc", "repro", "evaluate@seq2seq-1"], first)
+    run(["git", "add", "-A"], first)
+    run(["git", "commit", "-qm", "session 1: the seq2seq chain"], first)
+    first_lock = yaml.safe_load((first / "dvc.lock").read_text())["stages"]
+
+    second = tmp_path / "second"
+    run(["git", "clone", "-q", str(first), str(second)], tmp_path)
+    run(["dvc", "repro", "check_params", *PREPROCESSING], second)
+    rerun = yaml.safe_load((second / "dvc.lock").read_text())["stages"]
+    assert {k: rerun[k] for k in first_lock} == first_lock  # the same bytes, so the same hashes
+    ran = _ran(run(["dvc", "repro", "--allow-missing", "evaluate@seq2seq-1", "evaluate@gpmn-1"], second).stdout)
+    assert ran == ["train@gpmn-1", "generate@gpmn-1", "evaluate@gpmn-1"], ran
+    run(["git", "add", "-A"], second)
+    run(["git", "commit", "-qm", "session 2: the gpmn chain"], second)
+
+    third = tmp_path / "third"
+    run(["git", "clone", "-q", str(second), str(third)], tmp_path)
+    dry = run(["dvc", "repro", "--allow-missing", "--dry", "evaluate@seq2seq-1", "evaluate@gpmn-1"], third)
+    assert _ran(dry.stdout) == [], dry.stdout
+    for name in ("seq2seq", "gpmn"):
+        assert (third / "reports" / "metrics" / name / "seed1.json").exists(), name

@@ -1,23 +1,20 @@
 """End to end: the WHOLE DAG (preprocessing, every generator and learner for one training
 seed, MSN, GCL, controls, evaluation, report) under the real `dvc` CLI on a tiny corpus with
-tiny models; a training stage killed with SIGKILL and resumed by `dvc repro` (slow); a sweep
-point run as a real DVC experiment."""
+tiny models; a training stage killed with SIGKILL and resumed by `dvc repro` (slow). A sweep point
+run as a real DVC experiment is in test_sweeps.py, on PEDNet's part of the DAG only."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from pipeline.evaluation import sweeps
 from pipeline.train import load_checkpoint
 from tests.dvc_project import env, make_project, run
 from tests.test_train import assert_same, tensors
@@ -125,29 +122,6 @@ def test_every_model_is_trained_decoded_evaluated_and_reported(full):
                  "reports/summary.json", "reports/msn.json"):
         assert path in shown, path
     assert "Running stage" not in run(["dvc", "repro"], full).stdout  # a no-op now
-
-
-@pytest.mark.timeout(2400)
-def test_sweep_point_as_a_dvc_experiment(full):
-    run(["git", "add", "-A"], full)
-    run(["git", "commit", "-qm", "baseline"], full)
-    targets = sweeps.SWEEPS["k"].targets(SEEDS)
-    assert targets == ["evaluate@pednet-1"]
-    run(["dvc", "exp", "run", "--name", "sweep-k-1", "-S", "pednet.k=1", *targets], full)
-    code = ("from pipeline.evaluation import sweeps; t = sweeps.collect(['k']);"
-            "print({r['value']: (r['source'], r['seeds'], r.get('persona_f1')) for r in t['k']})")
-    out = subprocess.run([sys.executable, "-c", code], cwd=full, env=env(), capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    table = (full / "reports" / "sweeps.md").read_text()
-    assert "| 1 | " in table and "sweep-k-1" in table and "| 3 | " in table and "HEAD" in table
-    assert (full / "reports" / "sweeps" / "k.png").stat().st_size > 0
-    with open(full / "reports" / "sweeps" / "k.csv") as f:
-        rows = {r["value"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"1", "3"}  # the experiment's point and HEAD's (pednet.k = 3)
-    assert rows["3"]["source"] == "HEAD" and rows["1"]["source"] == "sweep-k-1"
-    for row in rows.values():  # every seed of the point, summarised
-        assert row["n_seeds"] == str(len(SEEDS))
-        assert float(row["persona_f1_lo"]) <= float(row["persona_f1"]) <= float(row["persona_f1_hi"])
 
 
 @pytest.mark.slow

@@ -1,16 +1,19 @@
-"""Sweep queueing and collection (pipeline.evaluation.sweeps) without running experiments."""
+"""Sweep queueing and collection (pipeline.evaluation.sweeps): on fabricated metrics, and one
+sweep point run as a real DVC experiment on PEDNet's part of the DAG."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
 from pipeline.evaluation import sweeps
 from pipeline.io import InputError
-from tests.dvc_project import make_project, run
+from tests.dvc_project import env, make_project, run
 
 BASE = {"seeds": [1, 2, 3], "pednet": {"k": 15, "gamma": 0.5}, "gcl": {"k": 3}}
 
@@ -162,3 +165,33 @@ def test_unknown_sweep_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         sweeps.main(["queue", "beta"])
     assert e.value.code == 2 and "unknown sweep 'beta'" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(600)
+def test_sweep_point_as_a_dvc_experiment(tmp_path):
+    """`dvc exp run -S pednet.k=1` on a sweep's target beside HEAD's committed point, collected
+    into the CSV, PNG and table (a real DVC experiment; only the stages upstream of the target
+    run, so the project holds PEDNet's part of the DAG, not the whole of it)."""
+    from tests.test_full_dag import SEEDS, TINY_DAG
+
+    repo = make_project(tmp_path, params=TINY_DAG)
+    targets = sweeps.SWEEPS["k"].targets(SEEDS)
+    assert targets == ["evaluate@pednet-1"]
+    run(["dvc", "repro", *targets], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    run(["dvc", "exp", "run", "--name", "sweep-k-1", "-S", "pednet.k=1", *targets], repo)
+    code = ("from pipeline.evaluation import sweeps; t = sweeps.collect(['k']);"
+            "print({r['value']: (r['source'], r['seeds'], r.get('persona_f1')) for r in t['k']})")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    table = (repo / "reports" / "sweeps.md").read_text()
+    assert "| 1 | " in table and "sweep-k-1" in table and "| 3 | " in table and "HEAD" in table
+    assert (repo / "reports" / "sweeps" / "k.png").stat().st_size > 0
+    with open(repo / "reports" / "sweeps" / "k.csv") as f:
+        rows = {r["value"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"1", "3"}  # the experiment's point and HEAD's (pednet.k = 3)
+    assert rows["3"]["source"] == "HEAD" and rows["1"]["source"] == "sweep-k-1"
+    for row in rows.values():  # every seed of the point, summarised
+        assert row["n_seeds"] == str(len(SEEDS))
+        assert float(row["persona_f1_lo"]) <= float(row["persona_f1"]) <= float(row["persona_f1_hi"])
