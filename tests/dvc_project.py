@@ -64,7 +64,7 @@ def make_project(tmp: Path, corpus_sizes=(24, 8, 8), seed: int = 0, params: dict
         shutil.copy2(ROOT / name, repo / name)
     for pkg in ("pipeline", "stages", "bin"):  # bin/py: the stages' launcher (no .venv/ here: PATH's python)
         shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / ".gitignore").write_text("/data/\n/checkpoints/\n__pycache__/\n")
+    shutil.copy2(ROOT / ".gitignore", repo / ".gitignore")  # data/ and checkpoints/ ignored, as in the repository
     idf = tmp / "idf.tsv"  # stands in for ../shared's Persona Coverage table
     idf.write_text("dog\t3.5\nguitar\t4.0\ni\t0.1\n")
     overrides = {"fetch": {"source": str(corpus), "idf": str(idf)}, **TINY_PARAMS, **(params or {})}

@@ -201,13 +201,15 @@ def test_a_run_split_across_sessions_without_a_remote(tmp_path):
     (training through evaluation) and commits dvc.lock with the git-tracked outputs. The next,
     in a fresh clone, reruns the preprocessing its chains read (byte-identical across machines,
     so the lock does not move), then its own chains with --allow-missing: the finished ones,
-    whose checkpoints are gone, are not rerun. Slow (about 1 min)."""
+    whose checkpoints are gone, are not rerun, and a GCL chain reads the groups the first
+    session selected (data/scored_groups is in git), not a new matcher's. Slow (about 2.5 min)."""
     from tests.test_full_dag import TINY_DAG
 
     first = make_project(tmp_path / "first", params=TINY_DAG)
-    run(["dvc", "repro", "evaluate@seq2seq-1"], first)
+    run(["dvc", "repro", "evaluate@seq2seq-1", "evaluate@seq2seq_history_gcl-1"], first)
     run(["git", "add", "-A"], first)
-    run(["git", "commit", "-qm", "session 1: the seq2seq chain"], first)
+    run(["git", "commit", "-qm", "session 1: the seq2seq and seq2seq_history_gcl chains"], first)
+    assert "data/scored_groups/train.parquet" in run(["git", "ls-files", "data"], first).stdout
     first_lock = yaml.safe_load((first / "dvc.lock").read_text())["stages"]
 
     second = tmp_path / "second"
@@ -215,14 +217,20 @@ def test_a_run_split_across_sessions_without_a_remote(tmp_path):
     run(["dvc", "repro", "check_params", *PREPROCESSING], second)
     rerun = yaml.safe_load((second / "dvc.lock").read_text())["stages"]
     assert {k: rerun[k] for k in first_lock} == first_lock  # the same bytes, so the same hashes
-    ran = _ran(run(["dvc", "repro", "--allow-missing", "evaluate@seq2seq-1", "evaluate@gpmn-1"], second).stdout)
-    assert ran == ["train@gpmn-1", "generate@gpmn-1", "evaluate@gpmn-1"], ran
+    targets = ["evaluate@seq2seq-1", "evaluate@seq2seq_history_gcl-1", "evaluate@gpmn-1", "evaluate@hred_history_gcl-1"]
+    ran = _ran(run(["dvc", "repro", "--allow-missing", *targets], second).stdout)
+    assert sorted(ran) == sorted([  # no matcher, score_groups or select_groups among them
+        "train@gpmn-1", "generate@gpmn-1", "evaluate@gpmn-1", "train_history_models@hred-1",
+        "reference_scores@hred_history-1", "train_gcl@hred_history-1", "generate@hred_history_gcl-1",
+        "evaluate@hred_history_gcl-1"]), ran
+    after = yaml.safe_load((second / "dvc.lock").read_text())["stages"]
+    assert {k: after[k] for k in first_lock} == first_lock
     run(["git", "add", "-A"], second)
-    run(["git", "commit", "-qm", "session 2: the gpmn chain"], second)
+    run(["git", "commit", "-qm", "session 2: the gpmn and hred_history_gcl chains"], second)
 
     third = tmp_path / "third"
     run(["git", "clone", "-q", str(second), str(third)], tmp_path)
-    dry = run(["dvc", "repro", "--allow-missing", "--dry", "evaluate@seq2seq-1", "evaluate@gpmn-1"], third)
+    dry = run(["dvc", "repro", "--allow-missing", "--dry", *targets], third)
     assert _ran(dry.stdout) == [], dry.stdout
-    for name in ("seq2seq", "gpmn"):
+    for name in ("seq2seq", "seq2seq_history_gcl", "gpmn", "hred_history_gcl"):
         assert (third / "reports" / "metrics" / name / "seed1.json").exists(), name
