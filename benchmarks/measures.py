@@ -341,19 +341,13 @@ def dvc_yaml(repeats: int = 3) -> tuple[dict, dict]:
 
     from ruamel.yaml import YAML
 
-    def best_of(fn) -> float:
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
-        return round(best, 3)
+    from benchmarks.speed import _best_of
 
     parses = {}
     for name in ("params.yaml", "dvc.lock"):
         text = Path(name).read_text()
         parses[name] = {"bytes": len(text.encode()),
-                        **{loader: best_of(lambda y=yaml, t=text: y.load(t)) for loader, yaml in (
+                        **{loader: round(_best_of(lambda y=yaml, t=text: y.load(t), repeats), 3) for loader, yaml in (
                             ("pure_python", YAML(typ="safe", pure=True)), ("c_loader", YAML(typ="safe")),
                             ("round_trip", YAML(typ="rt")))}}
     status = {"pure_python": float("inf"), "c_loader": float("inf")}

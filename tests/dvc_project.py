@@ -42,6 +42,11 @@ def run(cmd: list[str], cwd: Path, check: bool = True, extra_env: dict | None = 
     return proc
 
 
+def stages_run(stdout: str) -> list[str]:
+    """The stages a ``dvc repro`` ran, in order, from its "Running stage '<name>':" lines."""
+    return [line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage")]
+
+
 def set_params(repo: Path, overrides: dict) -> None:
     """Update params.yaml sections key by key; a top-level value that is not a section
     (``seeds: [1, 2]``) is replaced."""
