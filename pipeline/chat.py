@@ -45,7 +45,17 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from pipeline.dataset import CONGENERIC, PERSONA, PERSONA_PRIOR, SPECIFIC_WORDS, Example, Vocab, collate
+from pipeline.dataset import (
+    BILINEAR_PRIOR,
+    CONGENERIC,
+    PERSONA,
+    PERSONA_PRIOR,
+    PRIORS,
+    SPECIFIC_WORDS,
+    Example,
+    Vocab,
+    collate,
+)
 from pipeline.decode import decode
 from pipeline.io import InputError, load_params, read_parquet, run_stage
 from pipeline.models import Generator
@@ -265,9 +275,9 @@ class Chat:
         ex = Example("chat", query=keep_last(enc(query)), response=np.asarray([self.vocab.eos]))
         if self.reads_persona:
             ex.persona = [enc(p, cfg.max_persona_tokens) for p in self.persona_read]
-        if PERSONA_PRIOR in self.model.inputs:
+        if self.model.inputs & PRIORS.keys():
             if self.prior is None:
-                raise ValueError(f"{self.model.name} reads cos(X, p_i) (pednet.selection_prior): give Chat a prior")
+                raise ValueError(f"{self.model.name} reads a selection prior (pednet.selection_prior): give Chat a prior")
             ex.persona_prior = self.prior(utterance, self.persona_read)
         if self.reads_specific_words:
             ex.specific_words = enc(" ".join(specific))
@@ -465,13 +475,23 @@ def main(argv: list[str] | None = None) -> int:
             term.say(f"note: {train_path} is missing, so no specific words (the CDNet query is u(X) alone)")
 
     prior = None
-    if PERSONA_PRIOR in model.inputs:  # the persona_labels encoder, as the stage computed the prior
+    if model.inputs & PRIORS.keys():  # the persona_labels encoder, as the stages computed the prior
         from pipeline.preprocessing import persona_labels as pl
+        from pipeline.preprocessing import persona_prior as pp
 
+        if BILINEAR_PRIOR in model.inputs:  # before the encoder loads: a missing file fails fast
+            path = args.data / "persona_prior" / "selector.npz"
+            if not path.exists():
+                raise InputError(path, f"file not found: {model.name} reads the bilinear prior, written by "
+                                       "`python -m stages.persona_prior`")
+            w, scale = pp.load_selector(path)
         lp = load_params("persona_labels", args.params)
         enc = pl.load_encoder(lp["encoder"], lp["layer"], lp["max_length"], device=str(device),
                               precision=lp.get("precision", "float32"))
-        prior = lambda query, persona: pl.query_cosines(enc, query, persona)  # noqa: E731
+        if PERSONA_PRIOR in model.inputs:
+            prior = lambda query, persona: pl.query_cosines(enc, query, persona)  # noqa: E731
+        else:
+            prior = lambda query, persona: pp.query_logits(enc, w, scale, query, persona)  # noqa: E731
 
     chat = Chat(model, vocab, persona, specific, "beam" if args.beam > 1 else "greedy", args.beam,
                 args.max_len, args.length_penalty, prior=prior)

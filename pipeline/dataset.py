@@ -34,8 +34,14 @@ log = logging.getLogger(__name__)
 
 # Inputs a model may ask for (Generator.inputs).
 PERSONA, SPECIFIC_WORDS, PERSONA_LABEL, CONGENERIC = "persona", "specific_words", "persona_label", "congeneric"
-PERSONA_PRIOR = "persona_prior"  # cos(X, p_i) from the persona_labels encoder, a test-time signal
-ALL_INPUTS = frozenset({PERSONA, SPECIFIC_WORDS, PERSONA_LABEL, CONGENERIC, PERSONA_PRIOR})
+# Persona selection priors, test-time signals aligned with ``persona`` (Batch.persona_prior):
+# cos(X, p_i) of the persona_labels encoder, or the bilinear selector's logits on its vectors
+# (stages.persona_prior). Input -> (data dir, column, what writes it).
+PERSONA_PRIOR, BILINEAR_PRIOR = "persona_prior", "bilinear_prior"
+PRIORS = {PERSONA_PRIOR: ("persona_labels", "query_similarities", "dvc repro persona_labels"),
+          BILINEAR_PRIOR: ("persona_prior", "bilinear_logits", "python -m stages.persona_prior")}
+INPUTS = frozenset({PERSONA, SPECIFIC_WORDS, PERSONA_LABEL, CONGENERIC, *PRIORS})  # any a model may ask for
+ALL_INPUTS = INPUTS - {BILINEAR_PRIOR}  # the most one model reads: one prior
 CONTEXTS = ("query", "history")  # DataConfig.context
 
 
@@ -121,7 +127,7 @@ class Example:
     specific_words: np.ndarray | None = None
     persona_label: int = -1
     congeneric: list[np.ndarray] = field(default_factory=list)
-    persona_prior: np.ndarray | None = None  # [M] cos(X, p_i), aligned with ``persona``
+    persona_prior: np.ndarray | None = None  # [M] a selection prior (PRIORS), aligned with ``persona``
 
 
 @dataclass
@@ -204,7 +210,7 @@ def collate(examples: Sequence[Example], index: Sequence[int], pad: int, inputs:
         batch.persona_label = torch.as_tensor([e.persona_label for e in examples], dtype=torch.long)
     if CONGENERIC in inputs:
         batch.congeneric, batch.congeneric_mask, _ = _pad2([e.congeneric for e in examples], pad)
-    if PERSONA_PRIOR in inputs:
+    if inputs & PRIORS.keys():
         prior = np.zeros((len(examples), max([1, *(len(e.persona) for e in examples)])), dtype=np.float32)
         for i, e in enumerate(examples):
             prior[i, : len(e.persona_prior)] = e.persona_prior
@@ -261,7 +267,7 @@ def load_split(
     """Read ``<data_dir>/prepared/<split>.parquet`` and the per-split inputs ``config`` asks for."""
     data_dir = Path(data_dir)
     inputs = config.inputs
-    if unknown := inputs - ALL_INPUTS:
+    if unknown := inputs - INPUTS:
         raise ValueError(f"unknown inputs {sorted(unknown)}")
     if config.context != "query" and CONGENERIC in inputs:
         raise InputError("params.yaml", "model.context: PDNet's congeneric contexts are single-turn; use query")
@@ -297,15 +303,15 @@ def load_split(
         if SPECIFIC_WORDS in inputs:
             for ex, words in zip(examples, pmi["specific_words"], strict=True):
                 ex.specific_words = enc(" ".join(words or []))
-    if PERSONA_PRIOR in inputs and PERSONA not in inputs:
-        raise ValueError(f"input {PERSONA_PRIOR} needs input {PERSONA}")
-    if PERSONA_LABEL in inputs or PERSONA_PRIOR in inputs:
-        path = data_dir / "persona_labels" / f"{split}.parquet"
-        wanted = ["example_id"] + (["optimal_persona"] if PERSONA_LABEL in inputs else []) \
-            + (["query_similarities"] if PERSONA_PRIOR in inputs else [])
-        labels = read_parquet(path, columns=wanted).to_pydict()
-        _check_ids(path, labels["example_id"], ids)
+    priors = sorted(inputs & PRIORS.keys())
+    if len(priors) > 1:
+        raise ValueError(f"inputs {' and '.join(priors)}: a model reads one selection prior")
+    if priors and PERSONA not in inputs:
+        raise ValueError(f"input {priors[0]} needs input {PERSONA}")
     if PERSONA_LABEL in inputs:
+        path = data_dir / "persona_labels" / f"{split}.parquet"
+        labels = read_parquet(path, columns=["example_id", "optimal_persona"]).to_pydict()
+        _check_ids(path, labels["example_id"], ids)
         dropped = 0
         for ex, label in zip(examples, labels["optimal_persona"], strict=True):
             if label is not None and label >= config.max_persona_sentences:
@@ -314,12 +320,17 @@ def load_split(
             ex.persona_label = -1 if label is None else int(label)
         if dropped:
             log.warning("%s: %d optimal-persona labels point past max_persona_sentences -> None", split, dropped)
-    if PERSONA_PRIOR in inputs:
-        for i, (ex, sims, persona) in enumerate(zip(examples, labels["query_similarities"], prepared["persona"],
-                                                    strict=True)):
-            if len(sims or []) != len(persona):
-                raise InputError(path, f"{len(sims or [])} query_similarities for {len(persona)} persona sentences", i)
-            ex.persona_prior = np.asarray(sims[: config.max_persona_sentences], dtype=np.float32)
+    if priors:
+        folder, column, writer = PRIORS[priors[0]]
+        path = data_dir / folder / f"{split}.parquet"
+        if not path.exists():
+            raise InputError(path, f"file not found: the {priors[0]} input is written by `{writer}`")
+        prior = read_parquet(path, columns=["example_id", column]).to_pydict()
+        _check_ids(path, prior["example_id"], ids)
+        for i, (ex, values, persona) in enumerate(zip(examples, prior[column], prepared["persona"], strict=True)):
+            if len(values or []) != len(persona):
+                raise InputError(path, f"{len(values or [])} {column} for {len(persona)} persona sentences", i)
+            ex.persona_prior = np.asarray(values[: config.max_persona_sentences], dtype=np.float32)
     if CONGENERIC in inputs:
         own = [keep_last(enc(q)) for q in pmi["masked_query"]]
         if split == "train":

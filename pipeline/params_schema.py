@@ -315,7 +315,7 @@ MODEL_KEYS: dict[str, dict[str, Spec]] = {
                "hop_residual": Choice("query", "previous"), "nll_weight": Float(min=0),
                "persona_weight": Float(min=0), "task_seed": Int(min=0), "select_none": Bool(),
                "persona_encoder": Choice("shared", "separate"),
-               "selection_prior": Choice("none", "query_cosine"), "prior_scale": Float()},
+               "selection_prior": Choice("none", "query_cosine", "bilinear"), "prior_scale": Float()},
     "cvae": {"latent": Int(min=1), "kl_anneal_steps": Int(min=0), "bow_weight": Float(min=0), "bow_tied": Bool(),
              "decode_seed": Int(min=0)},
     "dialogwae": {"latent": Int(min=1), "noise": Int(min=1), "gan_weight": Float(min=0), "gp_weight": Float(min=0),

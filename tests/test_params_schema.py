@@ -48,6 +48,7 @@ BAD = {
     "pednet_probe_separate": (("persona_encoder", 1), ("k", 0), "encoder"),
     "pednet_prior": (("prior_scale", "abc"), ("selection_prior", "bert"), "prior"),
     "pednet_prior_persona_nll": (("train", {"criterion": 1}), ("train", {"criterion": "ce"}), "criterion"),
+    "pednet_prior_bilinear": (("prior_scale", [1]), ("selection_prior", "trilinear"), "scale"),
     "seq2seq_history_dialogwae_ae_probe": (("gan_weight", "0"), ("gan_weight", -1), "gan"),
     "msn": (("channels", 8), ("max_words", 3), "layers"),
     "matcher": (("symmetric", "yes"), ("bm25_b", 1.5), "pooling"),

@@ -312,7 +312,7 @@ def test_query_cosine_prior_steers_selection_and_is_learned(data, vocab):
     model.train()
     model.loss(batch, task=CDNET)["loss"].backward()
     assert model.prior_scale.grad is not None
-    with pytest.raises(ValueError, match="pednet.selection_prior 'bert': none | query_cosine"):
+    with pytest.raises(ValueError, match="pednet.selection_prior 'bert': none | query_cosine | bilinear"):
         make(data, vocab, selection_prior="bert")
 
 

@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from pipeline.evaluation import selection
@@ -53,3 +56,24 @@ def test_render_lists_every_selector_and_labeller():
     assert "| chance | 22.7 | — | — |" in text
     assert "| pednet | 28.0 ± 1.0 (3 seeds) |" in text
     assert "| authors | valid | 10 | 60.0 | 75.0 | 30.0 / 40.0 |" in text
+
+
+def test_the_bilinear_selector_alone_is_a_row_where_its_prior_was_written(tmp_path, monkeypatch):
+    from pipeline.io import read_parquet, write_parquet
+    from pipeline.preprocessing import persona_prior as pp
+    from tests.model_inputs import write_model_inputs
+
+    data = write_model_inputs(tmp_path, k_max=3)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the project's params.yaml (seeds)
+    assert "bilinear_minilm_query" not in selection.analyse([], None, data)["selectors"]
+    rows = read_parquet(data / "prepared" / "test.parquet", ["example_id", "persona"]).to_pydict()
+    labels = read_parquet(data / "persona_labels" / "test.parquet", ["optimal_persona"]).column(0).to_pylist()
+    # logits that put each turn's label first (the last sentence where None)
+    logits = [np.eye(len(p), dtype=np.float32)[len(p) - 1 if y is None else y] for p, y in
+              zip(rows["persona"], labels, strict=True)]
+    write_parquet(pp.to_table(rows["example_id"], logits), data / "persona_prior" / "test.parquet")
+    row = selection.analyse([], None, data)["selectors"]["bilinear_minilm_query"]
+    assert row["accuracy_labelled"] == 1.0 and row["none_chosen"] == 0.0
+    write_parquet(pp.to_table(rows["example_id"][1:], logits[1:]), data / "persona_prior" / "test.parquet")
+    with pytest.raises(InputError, match="example ids differ from the test split's"):
+        selection.analyse([], None, data)

@@ -1,6 +1,6 @@
 """Who selects the optimal persona, and how well the labels themselves hold up (PEDNet).
 
-    python -m pipeline.evaluation.selection [--authors PATH/TO/PEDNet/data] [--models pednet pednet_prior postks gpmn]
+    python -m pipeline.evaluation.selection [--authors PATH/TO/PEDNet/data] [--models pednet pednet_prior ...]
 
 Writes reports/persona_selection.json and .md:
 
@@ -12,7 +12,8 @@ Writes reports/persona_selection.json and .md:
   retrievals that see only the query, as a model does (MiniLM cosine between the query
   and each persona sentence, and content-word overlap), and each trained model's
   ``selected_persona`` in reports/generations/<model>/seed<K>.parquet, per seed and as
-  mean ± sd.
+  mean ± sd. With data/persona_prior (``python -m stages.persona_prior``), also the bilinear
+  selector fitted on the MiniLM vectors, alone (PEDNet's ``selection_prior: bilinear``).
 - **Labellers**: our labels against two independent ones on the same turns: a word-overlap
   labeller (the persona sentence sharing the most content words with the gold response;
   None when none is shared) and, given ``--authors``, the PEDNet authors' own labels
@@ -146,6 +147,13 @@ def analyse(models: list[str], authors: Path | None, data: Path = Path("data")) 
         "retrieval_overlap_query": accuracy([overlap_choice(q, p) for q, p in zip(rows["query"], rows["persona"],
                                                                                 strict=True)], labels),
     }
+    prior = data / "persona_prior" / "test.parquet"
+    if prior.exists():  # the fitted bilinear selector alone (stages.persona_prior), where it was written
+        table = read_parquet(prior, columns=["example_id", "bilinear_logits"]).to_pydict()
+        if table["example_id"] != rows["example_id"]:
+            raise InputError(prior, "its example ids differ from the test split's (rerun python -m stages.persona_prior)")
+        selectors["bilinear_minilm_query"] = accuracy([int(np.argmax(x)) if x else None
+                                                      for x in table["bilinear_logits"]], labels)
     for model in models:
         if (found := model_selections(model, params["seeds"], rows, labels)) is not None:
             selectors[model] = found
@@ -209,7 +217,8 @@ def render(report: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--authors", type=Path, default=None, help="the PEDNet authors' data folder (optional)")
-    parser.add_argument("--models", nargs="*", default=["pednet", "pednet_prior", "postks", "gpmn"])
+    parser.add_argument("--models", nargs="*",
+                        default=["pednet", "pednet_prior", "pednet_prior_bilinear", "postks", "gpmn"])
     parser.add_argument("--out", default=REPORT)
     args = parser.parse_args(argv)
     report = analyse(args.models, args.authors)

@@ -15,8 +15,9 @@ the column ``query_similarities`` of the persona_labels stage):
 - ``bilinear``: a selector on the frozen labeller vectors, s · u(X)ᵀ W u(p_i), W initialised
   at the identity (where it is the retrieval baseline) and fitted on train by cross-entropy
   with a ridge ``ridge`` · ||W − I||² that keeps it near retrieval (a selector that cannot
-  overfit far); the ridge is chosen on valid accuracy. The selector the PEDNet issue asks to
-  probe before it becomes a ``pednet_prior`` variant (bar: 40% of labelled test turns).
+  overfit far); the ridge is chosen on valid accuracy. It passed the PEDNet issue's bar (40%
+  of labelled test turns) and is now PEDNet's ``selection_prior: bilinear``
+  (pipeline.preprocessing.persona_prior, written by ``python -m stages.persona_prior``).
 - ``fine_tuned``: the labeller's own encoder (MiniLM, same layer and pooling) fine-tuned as a
   bi-encoder on train: cross-entropy of ``scale`` x cos(X, p_i) against the label, AdamW,
   evaluated after every epoch.
@@ -40,6 +41,7 @@ from scipy.optimize import minimize
 
 from pipeline.evaluation.selection import retrieval_choices
 from pipeline.io import load_params, read_parquet, run_stage, write_json
+from pipeline.preprocessing import persona_prior as pp
 from pipeline.preprocessing.persona_labels import _pad, encode, load_encoder, pooled, unit
 
 log = logging.getLogger(__name__)
@@ -119,63 +121,13 @@ def sentence_vectors(enc, splits: dict[str, list[dict]]) -> tuple[np.ndarray, di
     return unit(encode(enc, sentences, desc="encode (bilinear probe)")), {s: i for i, s in enumerate(sentences)}
 
 
-def fit_bilinear(q, p, mask, y, ridge: float, s0: float, logits):
-    """(W, s) minimising CE(logits(W, s, q, p, mask), y) + ridge · ||W − I||², from (I, s0)."""
-    import torch
-    import torch.nn.functional as F
-
-    eye = torch.eye(q.shape[1], dtype=q.dtype)
-    w = eye.clone().requires_grad_(True)
-    scale = torch.tensor(s0, dtype=q.dtype, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w, scale], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(logits(w, scale, q, p, mask), y) + ridge * (w - eye).pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return w.detach(), scale.detach()
-
-
 def bilinear(splits: dict[str, list[dict]], vectors: np.ndarray, index: dict[str, int],
-             ridges: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03, 0.01, 0.001, 0.0), seed: int = 1) -> dict:
-    """The frozen-vector bilinear selector (module docstring), one fit per ridge (full-batch
-    L-BFGS from W = I, s = the one-feature conditional logit's weight); the ridge of best valid
-    accuracy is the row's choice."""
-    import torch
-
-    torch.manual_seed(seed)
-    v = torch.from_numpy(vectors).double()
-
-    def tensors(turns: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        m = max(len(t["persona"]) for t in turns)
-        persona = torch.zeros(len(turns), m, dtype=torch.long)
-        mask = torch.zeros(len(turns), m, dtype=torch.bool)
-        for i, t in enumerate(turns):
-            persona[i, : len(t["persona"])] = torch.tensor([index[p] for p in t["persona"]])
-            mask[i, : len(t["persona"])] = True
-        return v[[index[t["query"]] for t in turns]], v[persona], mask
-
-    def logits(w, scale, q, p, mask):
-        return (scale * torch.einsum("nd,de,nme->nm", q, w, p)).masked_fill(~mask, -torch.inf)
-
-    train = [t for t in splits["train"] if t["label"] is not None]
-    q, p, mask = tensors(train)
-    y = torch.tensor([t["label"] for t in train])
-    eye = torch.eye(v.shape[1], dtype=torch.double)
-    s0 = float(fit_conditional_logit(splits["train"], [0])[0])
-    rows = []
-    for ridge in ridges:
-        w, scale = fit_bilinear(q, p, mask, y, ridge, s0, logits)
-        with torch.no_grad():
-            acc = {name: round(accuracy(logits(w, scale, *tensors(turns)).argmax(1).tolist(), turns), 4)
-                   for name, turns in splits.items()}
-        rows.append({"ridge": ridge, "scale": round(float(scale), 3),
-                     "distance_from_identity": round(float((w - eye).norm()), 4), **acc})
-        log.info("bilinear selector, ridge %g: %s", ridge, rows[-1])
-    return {"fits": rows, "chosen": max(rows, key=lambda r: (r["valid"], r["ridge"]))}
+             ridges: tuple[float, ...] = pp.RIDGES, seed: int = 1) -> dict:
+    """The frozen-vector bilinear selector (module docstring; pipeline.preprocessing.
+    persona_prior fits it), one fit per ridge; the ridge of best valid accuracy is the choice."""
+    turns = {name: pp.Turns.build([t["query"] for t in ts], [t["persona"] for t in ts], [t["label"] for t in ts], index)
+             for name, ts in splits.items()}
+    return pp.select(vectors, turns, ridges, seed)[2]
 
 
 def fine_tune(splits: dict[str, list[dict]], epochs: int, seed: int, lr: float = 2e-5, scale: float = 20.0,

@@ -17,6 +17,10 @@ CDNet (validation, test, decoding):
   ``prior_scale``. Why: the from-scratch selector stays near chance on this slice (its
   valid persona CE barely leaves ln(M+1)), while that cosine alone picks the label's
   sentence for 41% of labelled test turns. ``none`` is the paper's selector.
+  ``bilinear`` (ours, the PEDNet issue's item 7): the bias is instead the logits of a
+  selector fitted on the frozen labeller vectors, s·u(X)ᵀ W u(p_i)
+  (pipeline.preprocessing.persona_prior, data/persona_prior), which picks the label for 42%
+  of labelled test turns; w starts at ``prior_scale`` (1 starts CDNet at that selector).
 - p̂ = argmax of the last hop, at training time too (not teacher-forced, as the code);
   ``select_none``: whether p̂ may be the "no persona" slot (then the decoder's persona
   context is zero). Default false, the paper's p̂ = argmax over the persona sentences: the
@@ -45,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.dataset import (
+    BILINEAR_PRIOR,
     CONGENERIC,
     PERSONA,
     PERSONA_LABEL,
@@ -74,10 +79,11 @@ DEFAULTS = {
     "task_seed": 1,
     "select_none": False,  # true: p̂ may be the "no persona" slot (authors' code)
     "persona_encoder": "shared",  # shared: the context encoder (paper) | separate: its own GRU (authors' code)
-    "selection_prior": "none",  # none (paper) | query_cosine: + w·cos(X, p_i) of the pretrained labeller (ours)
-    "prior_scale": 10.0,  # initial w of query_cosine (learned)
+    "selection_prior": "none",  # none (paper) | query_cosine: + w·cos(X, p_i) of the labeller | bilinear (ours)
+    "prior_scale": 10.0,  # initial w of the prior (learned)
 }
-SELECTION_PRIORS = ("none", "query_cosine")
+# selection_prior -> the input that holds its per-sentence scores (none: no input)
+SELECTION_PRIORS = {"none": None, "query_cosine": PERSONA_PRIOR, "bilinear": BILINEAR_PRIOR}
 
 CDNET, PDNET = "cdnet", "pdnet"
 
@@ -105,14 +111,15 @@ class PEDNet(Seq2Seq):
         self.persona_attention = Attention(h, h, p["attention"])
         if p["selection_prior"] not in SELECTION_PRIORS:
             raise ValueError(f"pednet.selection_prior {p['selection_prior']!r}: {' | '.join(SELECTION_PRIORS)}")
-        if p["selection_prior"] == "query_cosine":
-            self.inputs = self.inputs | {PERSONA_PRIOR}
+        if SELECTION_PRIORS[p["selection_prior"]]:
+            self.inputs = self.inputs | {SELECTION_PRIORS[p["selection_prior"]]}
             self.prior_scale = nn.Parameter(torch.tensor(float(p["prior_scale"])))
 
     @classmethod
     def data_config(cls, params: dict) -> DataConfig:
         params = {**DEFAULTS, **params}
-        inputs = cls.inputs | ({PERSONA_PRIOR} if params["selection_prior"] == "query_cosine" else set())
+        prior = SELECTION_PRIORS.get(params["selection_prior"])
+        inputs = cls.inputs | ({prior} if prior else set())
         return DataConfig.from_params({**params, "congeneric_k": params["k"]}, inputs)
 
     # decoder hooks -----------------------------------------------------------------------
@@ -158,7 +165,7 @@ class PEDNet(Seq2Seq):
         state = super().encode(batch)  # h(X), s_0
         words, u_p = self.encode_persona(batch)
         z = self.persona_query(batch, state["hidden"][:, -1])
-        prior = self.prior_scale * batch.persona_prior if self.params["selection_prior"] == "query_cosine" else None
+        prior = self.prior_scale * batch.persona_prior if SELECTION_PRIORS[self.params["selection_prior"]] else None
         logits, _ = self.memory(z, u_p, batch.persona_exists, bias=prior)
         last = logits[-1]  # [B, M+1]; column M = "no persona"
         # select_none=false still trains the None slot as a target but never selects it.
