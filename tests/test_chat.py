@@ -279,6 +279,11 @@ def test_error_messages(root, tmp_path, capsys, monkeypatch):
     assert "checkpoint of an unknown model 'vhred'" in _fails(capsys, "--model", str(tmp_path / "unknown.pt"))
     torch.save({**ck, "model_params": {**ck["model_params"], "hidden": 8}}, tmp_path / "hidden.pt")
     assert "has shape" in _fails(capsys, "--model", str(tmp_path / "hidden.pt"))
+    pk = load_checkpoint(root / "checkpoints" / "pednet" / "seed1" / "best.pt")
+    torch.save({**pk, "model_params": {**pk["model_params"], "selection_prior": "bilinear"},
+                "model": {**pk["model"], "prior_scale": torch.tensor(1.0)}}, tmp_path / "bilinear.pt")
+    assert "reads the bilinear prior, written by `python -m stages.persona_prior`" in _fails(
+        capsys, "--model", str(tmp_path / "bilinear.pt"), "--persona", "i ski")
 
     # the model's data directory with a vocabulary of other data (fewer tokens)
     other = tmp_path / "other" / "prepared"
