@@ -18,12 +18,15 @@ diagnostic.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.preprocessing.persona_labels import DECIMALS
+
+log = logging.getLogger(__name__)
 
 RIDGES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.001, 0.0)
 PERSONA_PRIOR_SCHEMA = pa.schema([
@@ -112,6 +115,7 @@ def select(vectors: np.ndarray, splits: dict[str, Turns], ridges=RIDGES, seed: i
         rows.append({"ridge": ridge, "scale": round(float(scale), 3),
                      "distance_from_identity": round(float((w - eye).norm()), 4), **acc})
         fits.append((w, scale))
+        log.info("bilinear selector, ridge %g (%d/%d): %s", ridge, len(rows), len(ridges), rows[-1])
     best = max(range(len(rows)), key=lambda i: (rows[i]["valid"], rows[i]["ridge"]))
     with torch.no_grad():
         retrieval = {name: round(accuracy(logits(eye, 1.0, v, t).argmax(1).numpy(), t), 4) for name, t in splits.items()}
