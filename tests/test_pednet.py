@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -328,3 +329,25 @@ def test_query_cosine_prior_needs_its_column(data, vocab, tmp_path):
     config = PEDNet.data_config({**PARAMS, "selection_prior": "query_cosine"})
     with pytest.raises(InputError, match="no column query_similarities"):
         load_split("valid", vocab, config, copy)
+
+
+def test_selection_parts_score_the_memory_network_and_the_prior_apart(data, vocab):
+    from pipeline.evaluation.probe import selection_parts
+
+    plain, ds = make(data, vocab, split="valid")
+    assert selection_parts(plain, ds) is None  # no prior, nothing to split
+    model, ds = make(data, vocab, split="valid", selection_prior="query_cosine", prior_scale=1e4)
+    rng = np.random.default_rng(0)
+    for ex in ds.examples:  # the tiny corpus' word-overlap cosines tie often; the memory network would break ties
+        ex.persona_prior = rng.random(len(ex.persona_prior)).astype(np.float32)
+    parts = selection_parts(model, ds, batch_size=3)
+    labels = [ds.examples[i].persona_label for i in range(len(ds))]
+    hits = [int(np.argmax(ds.examples[i].persona_prior)) == y for i, y in enumerate(labels) if y >= 0]
+    assert parts["labelled_turns"] == len(hits) and parts["prior_scale"] == 1e4
+    # a huge prior decides: the model chooses as the prior alone does, whose accuracy is argmax cos(X, p_i)'s
+    assert parts["accuracy_model"] == parts["accuracy_prior_alone"] == round(sum(hits) / len(hits), 4)
+    assert parts["spread_prior_alone"] > 100 * parts["spread_memory_alone"] > 0
+    with torch.no_grad():
+        model.prior_scale.fill_(0.0)  # no prior: the model is its memory network alone
+    parts = selection_parts(model, ds)
+    assert parts["accuracy_model"] == parts["accuracy_memory_alone"] and parts["spread_prior_alone"] == 0

@@ -7,7 +7,9 @@ split twice, with the model's own selection p̂ and with the optimal-persona lab
 the ``persona_labels`` stage as an oracle (None -> no persona), and reports for both the
 persona metrics (methods §4) and Distinct, plus the selection's agreement with the labels.
 If the oracle's persona F1 is far above the model's, selection is the bottleneck; if both
-are low, the decoder does not use the persona it is given. Not a DVC stage: an analysis
+are low, the decoder does not use the persona it is given. With a selection prior it also
+scores the selection with the prior zeroed and by the prior alone (``selection_parts``).
+Not a DVC stage: an analysis
 tool over the trained checkpoint and data/ (run `dvc repro` first).
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.dataset import Batch, Vocab, load_split
+from pipeline.dataset import PRIORS, Batch, Vocab, load_split
 from pipeline.decode import generate_rows
 from pipeline.evaluation import metrics
 from pipeline.io import InputError, load_params, run_stage, write_json
@@ -52,6 +54,39 @@ def selection_agreement(rows: list[dict], labels: list[int]) -> dict[str, float]
     }
 
 
+@torch.no_grad()
+def selection_parts(model, dataset, batch_size: int = 256) -> dict | None:
+    """For a model with a selection prior (pednet.selection_prior): CDNet's last-hop choice
+    over the persona sentences scored three ways on labelled turns: as trained, with the prior
+    zeroed (the memory network alone) and by the prior alone (w · prior); plus each one's
+    spread over a turn's sentences (mean standard deviation), which says which of them
+    decides. None without a prior."""
+    if not model.inputs & PRIORS.keys():
+        return None
+    model.eval()
+    device = next(model.parameters()).device
+    ways = ("model", "memory_alone", "prior_alone")
+    hits, spread, labelled = dict.fromkeys(ways, 0), dict.fromkeys(ways, 0.0), 0
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset.collate(list(range(start, min(start + batch_size, len(dataset))))).to(device)
+        exists = batch.persona_exists
+        scores = {"model": model.encode(batch)["persona_logits"][:, :-1],
+                  "prior_alone": model.prior_scale * batch.persona_prior}
+        batch.persona_prior = torch.zeros_like(batch.persona_prior)
+        scores["memory_alone"] = model.encode(batch)["persona_logits"][:, :-1]
+        keep = (batch.persona_label >= 0) & exists.any(1)
+        labelled += int(keep.sum())
+        n = exists.sum(1).clamp(min=2).to(torch.float32)
+        for name, x in scores.items():
+            x = x.float().masked_fill(~exists, -torch.inf)
+            hits[name] += int((x.argmax(1) == batch.persona_label)[keep].sum())
+            centred = torch.where(exists, x - x.masked_fill(~exists, 0).sum(1, keepdim=True) / n[:, None], 0)
+            spread[name] += float((centred.pow(2).sum(1) / (n - 1)).sqrt()[keep].sum())
+    return {"labelled_turns": labelled, "prior_scale": round(float(model.prior_scale), 4),
+            **{f"accuracy_{k}": round(v / max(labelled, 1), 4) for k, v in hits.items()},
+            **{f"spread_{k}": round(v / max(labelled, 1), 4) for k, v in spread.items()}}
+
+
 def probe(model_name: str, split: str = "test", data_dir: Path = Path("data"), seed: int = 1) -> dict:
     best = Path("checkpoints") / model_name / f"seed{seed}" / "best.pt"
     if not best.exists():
@@ -65,6 +100,9 @@ def probe(model_name: str, split: str = "test", data_dir: Path = Path("data"), s
     p, e = load_params("generate"), load_params("evaluate")
     idf = metrics.load_idf(metrics.PERSONA_IDF)
     out: dict = {"model": model_name, "split": split, "examples": len(dataset)}
+    if (parts := selection_parts(model, dataset)) is not None:
+        out["selection_parts"] = parts
+        log.info("selection parts: %s", parts)
     for name in ("model", "oracle"):
         if name == "oracle":
             model.encode = types.MethodType(oracle_encode, model)
