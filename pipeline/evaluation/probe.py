@@ -9,8 +9,8 @@ persona metrics (methods §4) and Distinct, plus the selection's agreement with 
 If the oracle's persona F1 is far above the model's, selection is the bottleneck; if both
 are low, the decoder does not use the persona it is given. With a selection prior it also
 scores the selection with the prior zeroed and by the prior alone (``selection_parts``).
-Not a DVC stage: an analysis
-tool over the trained checkpoint and data/ (run `dvc repro` first).
+Not a DVC stage: an analysis tool over the trained checkpoint and data/ (run `dvc repro`
+first).
 """
 
 from __future__ import annotations
