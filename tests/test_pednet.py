@@ -351,3 +351,25 @@ def test_selection_parts_score_the_memory_network_and_the_prior_apart(data, voca
         model.prior_scale.fill_(0.0)  # no prior: the model is its memory network alone
     parts = selection_parts(model, ds)
     assert parts["accuracy_model"] == parts["accuracy_memory_alone"] and parts["spread_prior_alone"] == 0
+
+
+def test_probe_command_without_decoding_writes_the_selection_parts(data, tmp_path, monkeypatch):
+    import json
+
+    from pipeline.evaluation import probe
+    from pipeline.train import train
+    from tests.model_inputs import tiny_params
+
+    params = tiny_params(train={"epochs": 1}, pednet_prior={"model": "pednet", "k": 2, "selection_prior": "query_cosine"})
+    monkeypatch.chdir(tmp_path)
+    train("pednet", params, run_name="pednet_prior", data_dir=data,
+          checkpoint_dir=tmp_path / "checkpoints" / "pednet_prior" / "seed1",
+          live_dir=tmp_path / "live")
+    out = tmp_path / "probe.json"
+    probe.main(["pednet_prior", "--no-decode", "--data", str(data), "--split", "valid", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert "oracle" not in result and result["model"] == "pednet_prior"  # nothing decoded
+    parts = result["selection_parts"]
+    assert parts["labelled_turns"] > 0 and 0 <= parts["accuracy_memory_alone"] <= 1
+    with pytest.raises(InputError, match="no trained model"):
+        probe.main(["pednet_prior", "--seed", "2", "--no-decode", "--data", str(data)])

@@ -1,6 +1,6 @@
 """Where does a persona model's persona use break down: selection or decoding?
 
-    python -m pipeline.evaluation.probe pednet [--split test] [--out reports/probes/pednet.json]
+    python -m pipeline.evaluation.probe pednet [--split test] [--out reports/probes/pednet.json] [--no-decode]
 
 For a trained model that selects one persona sentence (PEDNet's CDNet) this decodes the
 split twice, with the model's own selection p̂ and with the optimal-persona label p* of
@@ -87,7 +87,8 @@ def selection_parts(model, dataset, batch_size: int = 256) -> dict | None:
             **{f"spread_{k}": round(v / max(labelled, 1), 4) for k, v in spread.items()}}
 
 
-def probe(model_name: str, split: str = "test", data_dir: Path = Path("data"), seed: int = 1) -> dict:
+def probe(model_name: str, split: str = "test", data_dir: Path = Path("data"), seed: int = 1,
+          decode: bool = True) -> dict:
     best = Path("checkpoints") / model_name / f"seed{seed}" / "best.pt"
     if not best.exists():
         raise InputError(best, "no trained model (run `dvc repro` first)")
@@ -97,13 +98,14 @@ def probe(model_name: str, split: str = "test", data_dir: Path = Path("data"), s
         raise InputError(best, f"{model.name} does not select one persona sentence by label (PEDNet does)")
     dataset = load_split(split, vocab, type(model).data_config(model.params), data_dir)
     labels = [int(x) for x in dataset.collate(list(range(len(dataset)))).persona_label.tolist()]
-    p, e = load_params("generate"), load_params("evaluate")
-    idf = metrics.load_idf(metrics.PERSONA_IDF)
-    out: dict = {"model": model_name, "split": split, "examples": len(dataset)}
+    out: dict = {"model": model_name, "seed": seed, "split": split, "examples": len(dataset)}
     if (parts := selection_parts(model, dataset)) is not None:
         out["selection_parts"] = parts
         log.info("selection parts: %s", parts)
-    for name in ("model", "oracle"):
+    if decode:
+        p, e = load_params("generate"), load_params("evaluate")
+        idf = metrics.load_idf(metrics.PERSONA_IDF)
+    for name in ("model", "oracle") if decode else ():
         if name == "oracle":
             model.encode = types.MethodType(oracle_encode, model)
         rows = generate_rows(model, dataset, method=p["method"], beam_size=p["beam_size"], max_len=p["max_len"],
@@ -126,10 +128,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=1, help="training seed of the run")
     ap.add_argument("--data", default="data")
     ap.add_argument("--out", help="default: reports/probes/<model>.json")
+    ap.add_argument("--no-decode", dest="decode", action="store_false",
+                    help="only the selection parts (a model with a selection prior): no decoding, seconds")
     args = ap.parse_args(argv)
-    result = probe(args.model, args.split, Path(args.data), args.seed)
+    result = probe(args.model, args.split, Path(args.data), args.seed, args.decode)
     write_json(result, args.out or f"reports/probes/{args.model}.json")
-    for name in ("model", "oracle"):
+    if "selection_parts" in result:
+        print("selection parts: " + ", ".join(f"{k} {v}" for k, v in result["selection_parts"].items()))
+    for name in ("model", "oracle") if args.decode else ():
         print(f"{name:>6} selection: " + ", ".join(f"{k} {v:.4f}" for k, v in result[name].items()))
 
 
