@@ -7,7 +7,8 @@ the ridge: what ``python -m pipeline.chat`` scores a typed query with) and
 reports/persona_prior.json (every ridge's accuracy, the chosen one, retrieval beside it).
 Read by PEDNet with ``selection_prior: bilinear`` (the ``pednet_prior_bilinear`` run). Not a
 DVC stage: no stage of dvc.yaml reads it, and it re-encodes every query and persona sentence
-(about 2 min on the shared slice), which ``dvc repro`` would pay for nothing.
+and fits seven ridges (about 5 min on the shared slice, 2-core AMD EPYC), which ``dvc repro``
+would pay for nothing.
 """
 
 from __future__ import annotations
