@@ -151,4 +151,5 @@ def query_logits(enc, w: np.ndarray, scale: float, query: str, persona: list[str
     from pipeline.preprocessing.persona_labels import encode, unit
 
     v = unit(encode(enc, [query, *persona], desc=None)).astype(np.float64)
-    return np.round(scale * (v[1:] @ (v[0] @ w)), DECIMALS).astype(np.float32)
+    turn = Turns(np.zeros(1, dtype=np.int64), np.arange(1, len(v), dtype=np.int64)[None], np.full(1, -1))
+    return prior_logits(v, w, scale, turn)[0]
